@@ -1,0 +1,56 @@
+"""`tidal-agents bench engine`: start-up, throughput, and n-sampling vs sequential."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from tidal_agents.engine import EngineConfig, GenerationRequest, LocalVLLMEngine
+
+_QUESTION = "Explain in a few sentences why the sky is blue."
+
+
+async def _measure(engine: LocalVLLMEngine, max_tokens: int, repeats: int) -> dict[str, Any]:
+    prompt = engine.apply_chat_template([{"role": "user", "content": _QUESTION}])
+
+    def req(n: int) -> GenerationRequest:
+        # ignore_eos: every sample generates exactly max_tokens, so runs compare
+        return GenerationRequest(
+            prompt=prompt, n=n, temperature=0.8, max_tokens=max_tokens, ignore_eos=True
+        )
+
+    await engine.generate(req(2))  # warm-up: first-request costs are not throughput
+    n1_walls, n8_walls, seq_walls = [], [], []
+    n1_tokens = n8_tokens = 0
+    for _ in range(repeats):
+        r1 = await engine.generate(req(1))
+        n1_walls.append(r1.wall_s)
+        n1_tokens += r1.generated_tokens
+        r8 = await engine.generate(req(8))
+        n8_walls.append(r8.wall_s)
+        n8_tokens += r8.generated_tokens
+        t0 = time.perf_counter()
+        for _ in range(8):
+            await engine.generate(req(1))
+        seq_walls.append(time.perf_counter() - t0)
+    return {
+        "tok_s_n1": n1_tokens / sum(n1_walls),
+        "tok_s_n8": n8_tokens / sum(n8_walls),
+        "n8_vs_8x_n1_ratio": sum(n8_walls) / sum(seq_walls),
+        "n8_wall_s": sum(n8_walls) / repeats,
+        "sequential_8x_n1_wall_s": sum(seq_walls) / repeats,
+    }
+
+
+def run(config: EngineConfig | None = None, max_tokens: int = 64, repeats: int = 2) -> dict[str, Any]:
+    engine = LocalVLLMEngine(config)
+    t0 = time.perf_counter()
+    engine.start()
+    startup = time.perf_counter() - t0
+    try:
+        figures = asyncio.run(_measure(engine, max_tokens, repeats))
+    finally:
+        engine.shutdown()
+    return {"startup_s": startup, **figures, "max_tokens": max_tokens, "repeats": repeats,
+            "backend": engine.backend_id}

@@ -1,0 +1,108 @@
+"""`tidal-agents`: demo | model | calibrate | bench ...
+
+Each sub-command is a small function; heavy imports happen inside them so that
+`tidal-agents --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+from tidal_agents.errors import TidalError
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2, default=str))
+
+
+def cmd_model(args: argparse.Namespace) -> int:
+    from tidal_agents.models import embedded_model_dir, is_prepared, prepare_embedded_model
+
+    if args.action == "prepare":
+        path = prepare_embedded_model(force=args.force)
+        print(path)
+    else:  # path
+        print(embedded_model_dir(), "(prepared)" if is_prepared() else "(not prepared yet)")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from tidal_agents.demo import run_demo
+
+    return run_demo(deadline_s=args.deadline, trace_dir=args.trace_dir)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from tidal_agents.engine import EngineConfig
+
+    config = EngineConfig(model=args.model)
+    runners: dict[str, Callable[[], dict[str, Any]]] = {}
+    if args.what == "engine":
+        from tidal_agents.bench import engine as bench_engine
+
+        runners["engine"] = lambda: bench_engine.run(config, max_tokens=args.max_tokens)
+    else:
+        import importlib
+
+        module = importlib.import_module(f"tidal_agents.bench.{args.what}")
+        runners[args.what] = lambda: module.run(config, args)
+    figures = runners[args.what]()
+    if args.json:
+        _print_json(figures)
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=f"bench {args.what}")
+        table.add_column("figure")
+        table.add_column("value", justify="right")
+        for key, value in figures.items():
+            table.add_row(key, f"{value:.4g}" if isinstance(value, float) else str(value))
+        Console().print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tidal-agents",
+        description="Latency- and token-aware test-time compute for LangChain agents.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("demo", help="run an agent episode with a deadline and print its trace")
+    p.add_argument("--deadline", type=float, default=60.0, help="episode deadline, seconds")
+    p.add_argument("--trace-dir", default=None, help="where to write the JSONL trace and plot")
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("model", help="prepare or locate the embedded model")
+    p.add_argument("action", choices=["prepare", "path"])
+    p.add_argument("--force", action="store_true", help="convert again even if prepared")
+    p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("bench", help="benchmarks measured side by side in one run")
+    p.add_argument(
+        "what", choices=["engine", "strategies", "allocation", "episodes", "load"]
+    )
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
+    p.add_argument("--max-tokens", type=int, default=64)
+    p.add_argument("--quick", action="store_true", help="fewer items (for smoke tests)")
+    p.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except TidalError as exc:
+        print(f"tidal-agents: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,369 @@
+"""The in-process vLLM engine: one ``AsyncLLM`` per process, on its own event loop.
+
+vLLM's ``AsyncLLM`` is bound to the event loop that created it. Callers come
+from everywhere (LangChain's sync path runs in worker threads, pytest creates
+loops per test, users run ``asyncio.run`` repeatedly), so the engine lives on a
+dedicated daemon thread with its own loop and every call is marshalled there.
+Cancelling the caller's await cancels the task on the engine loop, which makes
+vLLM abort the request (``AsyncLLM.generate`` aborts on ``CancelledError``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import concurrent.futures
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
+
+from tidal_agents.engine.config import EngineConfig, on_cpu
+from tidal_agents.engine.types import (
+    FinishReason,
+    GenerationRequest,
+    GenerationResult,
+    Sample,
+)
+from tidal_agents.errors import TidalConfigError, TidalEngineError, TidalError
+from tidal_agents.models import resolve_model
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+#: called with (sample index, text delta) as tokens arrive
+TokenCallback = Callable[[int, str], None]
+
+
+class _Accumulator:
+    """Collects DELTA outputs of one request, per sample index."""
+
+    def __init__(self, n: int, want_logprobs: bool) -> None:
+        self.text = [""] * n
+        self.tokens: list[list[int]] = [[] for _ in range(n)]
+        self.logprobs: list[list[float]] = [[] for _ in range(n)]
+        self.top: list[list[dict[int, float]]] = [[] for _ in range(n)]
+        self.finish: list[str | None] = [None] * n
+        self.want_logprobs = want_logprobs
+        self.prompt_tokens = 0
+        self.cached_tokens = 0
+
+    def add(self, out: Any, on_token: TokenCallback | None) -> None:
+        if out.prompt_token_ids is not None:
+            self.prompt_tokens = len(out.prompt_token_ids)
+        if out.num_cached_tokens is not None:
+            self.cached_tokens = max(self.cached_tokens, int(out.num_cached_tokens))
+        for comp in out.outputs:
+            i = comp.index
+            self.text[i] += comp.text
+            new_ids = list(comp.token_ids)
+            self.tokens[i].extend(new_ids)
+            if self.want_logprobs and comp.logprobs:
+                for tok, pos in zip(new_ids, comp.logprobs, strict=False):
+                    top = {int(t): float(lp.logprob) for t, lp in pos.items()}
+                    self.logprobs[i].append(top.get(tok, float("nan")))
+                    self.top[i].append(top)
+            if comp.finish_reason is not None:
+                self.finish[i] = comp.finish_reason
+            if on_token is not None and comp.text:
+                on_token(i, comp.text)
+
+    def samples(self, timed_out: bool) -> tuple[Sample, ...]:
+        result = []
+        for i in range(len(self.text)):
+            reason = self.finish[i]
+            finish: FinishReason = (
+                "timeout" if reason is None and timed_out
+                else "length" if reason == "length"
+                else "abort" if reason in (None, "abort")
+                else "stop"
+            )
+            result.append(
+                Sample(
+                    index=i,
+                    text=self.text[i],
+                    token_ids=tuple(self.tokens[i]),
+                    finish_reason=finish,
+                    logprobs=tuple(self.logprobs[i]),
+                    top_logprobs=tuple(self.top[i]),
+                )
+            )
+        return tuple(result)
+
+
+class LocalVLLMEngine:
+    """An in-process vLLM ``AsyncLLM`` behind the small `Engine` interface.
+
+    Use :func:`get_engine` to share one per process; construct directly only
+    when you need two different engines.
+    """
+
+    def __init__(self, config: EngineConfig | None = None) -> None:
+        self.config = config or EngineConfig()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._llm: Any = None
+        self._tokenizer: Any = None
+        self._model_path = ""
+        self._max_model_len = 0
+        self._start_lock = threading.Lock()
+        self._closed = False
+        self.startup_s: float | None = None
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> LocalVLLMEngine:
+        """Start the engine (idempotent, thread-safe). Blocks until it serves."""
+        with self._start_lock:
+            if self._llm is not None:
+                return self
+            if self._closed:
+                raise TidalEngineError("This engine was shut down; create a new one.")
+            t0 = time.perf_counter()
+            self._model_path = resolve_model(self.config.model)
+            self.config.apply_environment()
+            loop = asyncio.new_event_loop()
+            thread = threading.Thread(
+                target=loop.run_forever, name="tidal-vllm-engine", daemon=True
+            )
+            thread.start()
+            self._loop, self._thread = loop, thread
+            try:
+                fut = asyncio.run_coroutine_threadsafe(self._create(), loop)
+                self._llm = fut.result()
+            except Exception as exc:
+                loop.call_soon_threadsafe(loop.stop)
+                self._loop = self._thread = None
+                if isinstance(exc, TidalError):
+                    raise
+                raise TidalEngineError(
+                    f"vLLM could not start model {self._model_path!r}: "
+                    f"{type(exc).__name__}: {exc}"
+                ) from exc
+            # Registered after vLLM's own exit hooks so that it runs before them
+            # (atexit is last-in, first-out): the engine core is still alive.
+            atexit.register(shutdown_all)
+            self._tokenizer = self._llm.get_tokenizer()
+            self._max_model_len = int(self._llm.model_config.max_model_len)
+            self.startup_s = time.perf_counter() - t0
+            logger.info("vLLM engine started in %.1f s (%s)", self.startup_s, self._model_path)
+            return self
+
+    async def _create(self) -> Any:
+        from vllm.engine.arg_utils import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
+
+        args = AsyncEngineArgs(**self.config.vllm_engine_args(self._model_path))
+        return AsyncLLM.from_engine_args(args)
+
+    def shutdown(self) -> None:
+        """Stop the engine and its loop thread. Safe to call twice."""
+        with self._start_lock:
+            self._closed = True
+            llm, loop, thread = self._llm, self._loop, self._thread
+            self._llm = self._loop = self._thread = None
+        if llm is not None and loop is not None:
+            try:
+                # On its own loop, so vLLM cancels its output tasks cleanly.
+                asyncio.run_coroutine_threadsafe(_shutdown_on_loop(llm), loop).result(timeout=30)
+            except Exception:  # shutting down: nothing useful to do with it
+                logger.debug("vLLM shutdown raised", exc_info=True)
+        if loop is not None:
+            loop.call_soon_threadsafe(loop.stop)
+        if thread is not None:
+            thread.join(timeout=10)
+
+    @property
+    def is_running(self) -> bool:
+        return self._llm is not None and not getattr(self._llm, "errored", False)
+
+    # -------------------------------------------------------------- properties
+    @property
+    def model_name(self) -> str:
+        return self.config.model or "smollm2-135m-instruct"
+
+    @property
+    def max_model_len(self) -> int:
+        self.start()
+        return self._max_model_len
+
+    @property
+    def backend_id(self) -> str:
+        import platform
+
+        import vllm
+
+        device = "cpu" if on_cpu() else "cuda"
+        return f"{self.model_name}|vllm-{vllm.__version__}-local|{device}|{platform.node()}"
+
+    @property
+    def tokenizer(self) -> Any:
+        self.start()
+        return self._tokenizer
+
+    # ------------------------------------------------------------------ text
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str:
+        """Format with the model's own chat template (tools passed when given)."""
+        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
+        if tools:
+            kwargs["tools"] = tools
+        return str(self.tokenizer.apply_chat_template(messages, **kwargs))
+
+    def encode(self, text: str) -> list[int]:
+        # Chat-formatted prompts already carry their special tokens.
+        return list(self.tokenizer.encode(text, add_special_tokens=False))
+
+    def count_tokens(self, text: str) -> int:
+        return len(self.encode(text))
+
+    # ------------------------------------------------------------- generation
+    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+        self.start()
+        assert self._loop is not None
+        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    async def generate(
+        self, request: GenerationRequest, on_token: TokenCallback | None = None
+    ) -> GenerationResult:
+        """Generate for one prompt; safe to await from any event loop or thread."""
+        fut = self._submit(self._generate(request, on_token))
+        return await asyncio.wrap_future(fut)
+
+    def generate_sync(
+        self, request: GenerationRequest, on_token: TokenCallback | None = None
+    ) -> GenerationResult:
+        return self._submit(self._generate(request, on_token)).result()
+
+    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
+        ids = (
+            self.encode(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
+        )
+        if not ids:
+            raise TidalConfigError("prompt encodes to zero tokens; pass a non-empty prompt.")
+        if len(ids) + request.max_tokens > self._max_model_len:
+            raise TidalConfigError(
+                f"prompt ({len(ids)} tokens) + max_tokens ({request.max_tokens}) exceeds the "
+                f"model's context of {self._max_model_len} tokens; shorten the conversation "
+                "or lower max_tokens."
+            )
+        vocab = len(self._tokenizer)
+        bad = [t for t in ids if t >= vocab]
+        if bad:
+            raise TidalConfigError(
+                f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})."
+            )
+        return ids
+
+    def _sampling_params(self, request: GenerationRequest) -> Any:
+        from vllm import SamplingParams
+        from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
+
+        structured = None
+        if request.guided is not None:
+            g = request.guided
+            structured = StructuredOutputsParams(
+                json=g.json_schema,
+                regex=g.regex,
+                choice=list(g.choice) if g.choice is not None else None,
+            )
+        return SamplingParams(
+            n=request.n,
+            temperature=request.temperature,
+            top_p=request.top_p,
+            seed=request.seed,
+            max_tokens=request.max_tokens,
+            stop=list(request.stop) or None,
+            logprobs=request.logprobs,
+            structured_outputs=structured,
+            ignore_eos=request.ignore_eos,
+            output_kind=RequestOutputKind.DELTA,
+        )
+
+    async def _generate(
+        self, request: GenerationRequest, on_token: TokenCallback | None
+    ) -> GenerationResult:
+        llm = self._llm
+        if llm is None:
+            raise TidalEngineError("The engine is not running (it was shut down).")
+        ids = self._prompt_ids(request)
+        params = self._sampling_params(request)
+        request_id = f"tidal-{uuid.uuid4().hex[:16]}"
+        acc = _Accumulator(request.n, request.logprobs is not None)
+        acc.prompt_tokens = len(ids)
+        timed_out = False
+        first_token_s: float | None = None
+        t0 = time.perf_counter()
+        try:
+            async with asyncio.timeout(request.timeout_s):
+                async for out in llm.generate(
+                    {"prompt_token_ids": ids}, params, request_id, priority=request.priority
+                ):
+                    if first_token_s is None and any(c.token_ids for c in out.outputs):
+                        first_token_s = time.perf_counter() - t0
+                    acc.add(out, on_token)
+        except TimeoutError:
+            timed_out = True  # vLLM aborted the request when the stream was cancelled
+        except (TidalError, asyncio.CancelledError):
+            raise
+        except Exception as exc:
+            raise _engine_error(exc, request_id) from exc
+        wall = time.perf_counter() - t0
+        samples = acc.samples(timed_out)
+        return GenerationResult(
+            samples=samples,
+            prompt_tokens=acc.prompt_tokens,
+            cached_prompt_tokens=acc.cached_tokens,
+            generated_tokens=sum(len(s.token_ids) for s in samples),
+            wall_s=wall,
+            timed_out=timed_out,
+            request_id=request_id,
+            first_token_s=first_token_s,
+        )
+
+
+async def _shutdown_on_loop(llm: Any) -> None:
+    llm.shutdown()
+    current = asyncio.current_task()
+    pending = [t for t in asyncio.all_tasks() if t is not current]
+    for task in pending:
+        task.cancel()
+    await asyncio.gather(*pending, return_exceptions=True)
+
+
+def _engine_error(exc: Exception, request_id: str) -> TidalError:
+    """Translate vLLM's exceptions: its input validation becomes a config error."""
+    name = type(exc).__name__
+    cause = exc.__cause__ or exc
+    msg = f"{name}: {exc}" if str(exc) else f"{name}: {type(cause).__name__}: {cause}"
+    if isinstance(exc, ValueError) or "ValidationError" in name or "BadRequest" in name:
+        return TidalConfigError(f"vLLM rejected request {request_id}: {msg}")
+    return TidalEngineError(f"vLLM failed on request {request_id}: {msg}")
+
+
+# ------------------------------------------------------------- shared engines
+_ENGINES: dict[str, LocalVLLMEngine] = {}
+_ENGINES_LOCK = threading.Lock()
+
+
+def get_engine(config: EngineConfig | None = None, start: bool = True) -> LocalVLLMEngine:
+    """The process-wide engine for `config` (created once, started lazily)."""
+    config = config or EngineConfig()
+    with _ENGINES_LOCK:
+        key = config.model_dump_json()
+        engine = _ENGINES.get(key)
+        if engine is None or engine._closed:
+            engine = LocalVLLMEngine(config)
+            _ENGINES[key] = engine
+    return engine.start() if start else engine
+
+
+def shutdown_all() -> None:
+    """Shut down every shared engine (registered at exit)."""
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
+        engine.shutdown()

@@ -1,0 +1,197 @@
+"""Typed, validated requests and results of the engine layer.
+
+Every strategy talks to an engine only through these objects, so the in-process
+engine and a remote `vllm serve` are interchangeable.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, runtime_checkable
+
+from tidal_agents.errors import TidalConfigError
+
+FinishReason = Literal["stop", "length", "abort", "timeout"]
+
+#: vLLM's default ``max_logprobs``: the most top-k log-probs one token may carry.
+MAX_TOP_LOGPROBS = 20
+
+
+@dataclass(frozen=True)
+class GuidedDecoding:
+    """Grammar-constrained output: exactly one of a JSON schema, a regex or a choice."""
+
+    json_schema: dict[str, Any] | None = None
+    regex: str | None = None
+    choice: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        given = [n for n in ("json_schema", "regex", "choice") if getattr(self, n) is not None]
+        if len(given) != 1:
+            raise TidalConfigError(
+                f"GuidedDecoding needs exactly one of json_schema, regex, choice; got {given or 'none'}."
+            )
+        if self.json_schema is not None:
+            check_json_schema(self.json_schema)
+        if self.regex is not None and not self.regex:
+            raise TidalConfigError("GuidedDecoding.regex is empty; pass a non-empty pattern.")
+        if self.choice is not None and (
+            not self.choice or not all(isinstance(c, str) and c for c in self.choice)
+        ):
+            raise TidalConfigError(
+                f"GuidedDecoding.choice={self.choice!r}: pass a non-empty tuple of non-empty strings."
+            )
+
+
+def check_json_schema(schema: Any) -> None:
+    """Raise TidalConfigError unless `schema` is a valid JSON Schema object."""
+    import jsonschema
+
+    if not isinstance(schema, dict):
+        raise TidalConfigError(
+            f"JSON schema must be a dict (a JSON object), got {type(schema).__name__}."
+        )
+    try:
+        json.dumps(schema)
+        jsonschema.Draft202012Validator.check_schema(schema)
+    except (TypeError, ValueError) as exc:
+        raise TidalConfigError(f"JSON schema is not JSON-serialisable: {exc}") from exc
+    except jsonschema.SchemaError as exc:
+        raise TidalConfigError(f"Malformed JSON schema: {exc.message}") from exc
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """One prompt, n samples. Defaults match vLLM's SamplingParams where they overlap.
+
+    Attributes:
+        prompt: the fully formatted prompt text (chat template already applied),
+            or its token ids.
+        n: samples generated in one engine request (they share the prompt's KV cache).
+        temperature: 0 means greedy.
+        top_p: nucleus mass in (0, 1].
+        seed: per-request seed (see FINDINGS: unsafe with chunked prefill on CPU;
+            the local engine disables chunked prefill there).
+        max_tokens: new tokens per sample, at least 1.
+        stop: stop strings (not included in the output).
+        logprobs: None for none; k >= 0 returns the sampled token's log-prob plus
+            the top-k alternatives per position.
+        guided: grammar constraint, or None.
+        timeout_s: wall-clock limit; on expiry the request is aborted inside vLLM
+            and what was generated so far is returned with finish reason "timeout".
+        priority: vLLM scheduling priority (lower runs first; needs priority scheduling).
+        ignore_eos: keep generating past EOS (benchmarks).
+    """
+
+    prompt: str | tuple[int, ...]
+    n: int = 1
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = None
+    max_tokens: int = 256
+    stop: tuple[str, ...] = ()
+    logprobs: int | None = None
+    guided: GuidedDecoding | None = None
+    timeout_s: float | None = None
+    priority: int = 0
+    ignore_eos: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.prompt, str):
+            if not self.prompt:
+                raise TidalConfigError("prompt is empty; pass at least one character or token.")
+        elif isinstance(self.prompt, (tuple, list)):
+            if not self.prompt or not all(isinstance(t, int) and t >= 0 for t in self.prompt):
+                raise TidalConfigError("prompt token ids must be a non-empty sequence of ints >= 0.")
+            object.__setattr__(self, "prompt", tuple(self.prompt))
+        else:
+            raise TidalConfigError(
+                f"prompt must be str or a sequence of token ids, got {type(self.prompt).__name__}."
+            )
+        _check_int("n", self.n, 1, 1024)
+        _check_int("max_tokens", self.max_tokens, 1, 10**7)
+        if not _finite(self.temperature) or self.temperature < 0:
+            raise TidalConfigError(f"temperature={self.temperature!r}: allowed is a finite value >= 0.")
+        if not _finite(self.top_p) or not 0 < self.top_p <= 1:
+            raise TidalConfigError(f"top_p={self.top_p!r}: allowed is 0 < top_p <= 1.")
+        if self.logprobs is not None:
+            _check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
+        if self.seed is not None:
+            _check_int("seed", self.seed, 0, 2**63 - 1)
+        if isinstance(self.stop, str):
+            object.__setattr__(self, "stop", (self.stop,))
+        if not all(isinstance(s, str) and s for s in self.stop):
+            raise TidalConfigError(f"stop={self.stop!r}: allowed are non-empty strings.")
+        object.__setattr__(self, "stop", tuple(self.stop))
+        if self.timeout_s is not None and (not _finite(self.timeout_s) or self.timeout_s <= 0):
+            raise TidalConfigError(f"timeout_s={self.timeout_s!r}: allowed is a finite value > 0.")
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+
+
+def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+        raise TidalConfigError(f"{name}={value!r}: allowed is an integer in [{lo}, {hi}].")
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One generated sequence."""
+
+    index: int
+    text: str
+    token_ids: tuple[int, ...]
+    finish_reason: FinishReason
+    #: log-prob of each sampled token (empty unless logprobs were requested)
+    logprobs: tuple[float, ...] = ()
+    #: per position, the top-k alternatives as {token_id: logprob}
+    top_logprobs: tuple[dict[int, float], ...] = ()
+
+    @property
+    def mean_logprob(self) -> float | None:
+        return sum(self.logprobs) / len(self.logprobs) if self.logprobs else None
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Everything one engine request produced and spent."""
+
+    samples: tuple[Sample, ...]
+    prompt_tokens: int
+    cached_prompt_tokens: int
+    generated_tokens: int
+    wall_s: float
+    #: True when the request was aborted by its timeout (samples are partial)
+    timed_out: bool = False
+    request_id: str = ""
+    #: seconds from submission to the first generated token
+    first_token_s: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class Engine(Protocol):
+    """What strategies and the chat model need from a backend."""
+
+    @property
+    def model_name(self) -> str: ...
+
+    @property
+    def max_model_len(self) -> int: ...
+
+    @property
+    def backend_id(self) -> str:
+        """Identifies model + engine + machine, used to key calibrations."""
+        ...
+
+    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+
+    def apply_chat_template(
+        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
+    ) -> str: ...
+
+    def count_tokens(self, text: str) -> int: ...
