@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
@@ -188,7 +189,13 @@ class Engine(Protocol):
         """Identifies model + engine + machine, used to key calibrations."""
         ...
 
-    async def generate(self, request: GenerationRequest) -> GenerationResult: ...
+    async def generate(
+        self,
+        request: GenerationRequest,
+        on_token: Callable[[int, str], None] | None = None,
+    ) -> GenerationResult:
+        """`on_token(sample_index, text_delta)` is called as text arrives."""
+        ...
 
     def apply_chat_template(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
