@@ -1,0 +1,264 @@
+"""Tool calling for any model through grammar-constrained JSON.
+
+Small models rarely emit parseable tool calls on their own (FINDINGS section 4:
+0/12 free-form, 12/12 valid with a JSON-schema grammar), and many chat templates
+do not render tools at all. So every model gets the same protocol: the bound
+tools are described in a system message, and the reply is decoded under a JSON
+schema that only admits
+
+    {"name": "<tool>", "arguments": {...}}             one tool call
+    {"tool_calls": [{"name": ..., "arguments": ...}]}  parallel calls (if allowed)
+    {"answer": "<text>"}                               a plain answer (tool_choice="auto")
+
+Assistant turns in the history are rendered back in the same JSON, so the model
+sees its own protocol.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from langchain_core.messages import (
+    AIMessage,
+    BaseMessage,
+    ChatMessage,
+    HumanMessage,
+    SystemMessage,
+    ToolMessage,
+)
+from langchain_core.utils.function_calling import convert_to_openai_tool
+
+from tidal_agents.engine.types import GuidedDecoding, check_json_schema
+from tidal_agents.errors import TidalConfigError
+
+ToolMode = Literal["auto", "required", "none", "named"]
+
+
+@dataclass(frozen=True)
+class ToolSpec:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ToolChoice:
+    mode: ToolMode
+    name: str | None = None
+
+
+def to_tool_specs(tools: list[Any], strict: bool | None = None) -> list[ToolSpec]:
+    """Convert LangChain tools / pydantic models / functions / dicts; validate schemas."""
+    specs: list[ToolSpec] = []
+    for tool in tools:
+        try:
+            fn = convert_to_openai_tool(tool, strict=strict)["function"]
+        except Exception as exc:
+            raise TidalConfigError(
+                f"Cannot convert tool {tool!r} to a tool schema: {exc}. Pass a BaseTool, "
+                "a function with a docstring, a pydantic model or an OpenAI tool dict."
+            ) from exc
+        name = fn.get("name")
+        if not isinstance(name, str) or not name:
+            raise TidalConfigError(f"Tool {tool!r} has no name.")
+        params = fn.get("parameters") or {"type": "object", "properties": {}}
+        try:
+            check_json_schema(params)
+        except TidalConfigError as exc:
+            raise TidalConfigError(f"Tool {name!r} has an invalid parameter schema: {exc}") from exc
+        if params.get("type", "object") != "object":
+            raise TidalConfigError(
+                f"Tool {name!r}: parameters must be a JSON object schema, got type "
+                f"{params.get('type')!r}."
+            )
+        specs.append(ToolSpec(name, fn.get("description", ""), params))
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise TidalConfigError(f"Tool names must be unique; got {names}.")
+    return specs
+
+
+def parse_tool_choice(tool_choice: Any, specs: list[ToolSpec]) -> ToolChoice:
+    """Map LangChain / OpenAI tool_choice values to a ToolChoice."""
+    names = [s.name for s in specs]
+    allowed = "'auto', 'any', 'required', 'none', True, a tool name, or {'type': 'function', " \
+        "'function': {'name': ...}}"
+    if tool_choice is None or tool_choice == "auto":
+        return ToolChoice("auto")
+    if tool_choice in ("any", "required") or tool_choice is True:
+        return ToolChoice("required")
+    if tool_choice == "none" or tool_choice is False:
+        return ToolChoice("none")
+    name: Any = tool_choice
+    if isinstance(tool_choice, dict):
+        name = (tool_choice.get("function") or {}).get("name") or tool_choice.get("name")
+    if isinstance(name, str):
+        if name not in names:
+            raise TidalConfigError(
+                f"tool_choice names {name!r}, which is not a bound tool; bound tools: {names}."
+            )
+        return ToolChoice("named", name)
+    raise TidalConfigError(f"tool_choice={tool_choice!r} is not supported; allowed: {allowed}.")
+
+
+def _call_schema(spec: ToolSpec) -> dict[str, Any]:
+    return {
+        "type": "object",
+        "properties": {"name": {"const": spec.name}, "arguments": spec.parameters},
+        "required": ["name", "arguments"],
+        "additionalProperties": False,
+    }
+
+
+def reply_grammar(
+    specs: list[ToolSpec], choice: ToolChoice, parallel: bool
+) -> GuidedDecoding | None:
+    """The JSON schema a reply must follow, or None for free text."""
+    if not specs or choice.mode == "none":
+        return None
+    callable_specs = [s for s in specs if choice.mode != "named" or s.name == choice.name]
+    calls = [_call_schema(s) for s in callable_specs]
+    one_call = calls[0] if len(calls) == 1 else {"anyOf": calls}
+    options: list[dict[str, Any]] = [one_call]
+    if parallel and choice.mode != "named":
+        options.append(
+            {
+                "type": "object",
+                "properties": {"tool_calls": {"type": "array", "items": one_call, "minItems": 1}},
+                "required": ["tool_calls"],
+                "additionalProperties": False,
+            }
+        )
+    if choice.mode == "auto":
+        options.append(
+            {
+                "type": "object",
+                "properties": {"answer": {"type": "string"}},
+                "required": ["answer"],
+                "additionalProperties": False,
+            }
+        )
+    schema = options[0] if len(options) == 1 else {"anyOf": options}
+    return GuidedDecoding(json_schema=schema)
+
+
+def tools_system_prompt(specs: list[ToolSpec], choice: ToolChoice, parallel: bool) -> str:
+    lines = ["You can call these tools:"]
+    for s in specs:
+        args = ", ".join(
+            f"{k}: {v.get('type', 'any')}" for k, v in s.parameters.get("properties", {}).items()
+        )
+        lines.append(f"- {s.name}({args}): {s.description}".rstrip(": "))
+    lines.append("")
+    lines.append('To call a tool, reply with JSON: {"name": "<tool name>", "arguments": {...}}.')
+    if parallel:
+        lines.append('To call several tools at once: {"tool_calls": [{"name": ..., "arguments": ...}]}.')
+    if choice.mode == "auto":
+        lines.append(
+            'When a tool result answers the question, reply with JSON: {"answer": "<your answer>"}.'
+        )
+    elif choice.mode == "named":
+        lines.append(f"Call the tool {choice.name}.")
+    else:
+        lines.append("You must call a tool.")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------ messages
+def _text(content: Any) -> str:
+    """Flatten LangChain message content (str or a list of blocks) to text."""
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):
+        parts = []
+        for block in content:
+            if isinstance(block, str):
+                parts.append(block)
+            elif isinstance(block, dict):
+                kind = block.get("type")
+                if kind == "text":
+                    parts.append(str(block.get("text", "")))
+                elif kind in ("tool_use", "tool_call", "reasoning", "thinking"):
+                    continue  # rendered from tool_calls instead
+                else:
+                    raise TidalConfigError(
+                        f"Unsupported content block type {kind!r}: this model takes text only "
+                        "(allowed: plain strings and 'text' blocks)."
+                    )
+        return "".join(parts)
+    raise TidalConfigError(f"Unsupported message content of type {type(content).__name__}.")
+
+
+def render_ai_message(msg: AIMessage) -> str:
+    if msg.tool_calls:
+        calls = [{"name": c["name"], "arguments": c["args"]} for c in msg.tool_calls]
+        payload: dict[str, Any] = calls[0] if len(calls) == 1 else {"tool_calls": calls}
+        return json.dumps(payload, ensure_ascii=False)
+    return _text(msg.content)
+
+
+def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
+    """LangChain messages -> chat-template dicts ({"role", "content"})."""
+    out: list[dict[str, Any]] = []
+    for m in messages:
+        if isinstance(m, SystemMessage):
+            out.append({"role": "system", "content": _text(m.content)})
+        elif isinstance(m, HumanMessage):
+            out.append({"role": "user", "content": _text(m.content)})
+        elif isinstance(m, AIMessage):
+            out.append({"role": "assistant", "content": render_ai_message(m)})
+        elif isinstance(m, ToolMessage):
+            status = " (error)" if getattr(m, "status", "success") == "error" else ""
+            out.append({"role": "tool", "content": f"{_text(m.content)}{status}"})
+        elif isinstance(m, ChatMessage):
+            out.append({"role": m.role, "content": _text(m.content)})
+        else:
+            raise TidalConfigError(
+                f"Unsupported message type {type(m).__name__}; allowed: SystemMessage, "
+                "HumanMessage, AIMessage, ToolMessage, ChatMessage."
+            )
+    return out
+
+
+def add_tools_prompt(chat: list[dict[str, Any]], tools_prompt: str) -> list[dict[str, Any]]:
+    """Put the tool description into the (first) system message."""
+    if chat and chat[0]["role"] == "system":
+        return [{"role": "system", "content": chat[0]["content"] + "\n\n" + tools_prompt}, *chat[1:]]
+    return [{"role": "system", "content": tools_prompt}, *chat]
+
+
+# ------------------------------------------------------------------- replies
+@dataclass(frozen=True)
+class ParsedReply:
+    content: str
+    tool_calls: list[dict[str, Any]]
+    #: text that should have been a call but did not parse (cut short by max_tokens)
+    invalid: str | None = None
+
+
+def parse_reply(text: str, grammar_used: bool) -> ParsedReply:
+    """Turn a grammar-decoded reply into content and LangChain tool calls."""
+    if not grammar_used:
+        return ParsedReply(text, [])
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError:
+        # Cut short mid-JSON (max_tokens or deadline): keep the text, no call.
+        return ParsedReply(text, [], invalid=text)
+    if isinstance(obj, dict) and "answer" in obj and isinstance(obj["answer"], str):
+        return ParsedReply(obj["answer"], [])
+    raw_calls = obj.get("tool_calls") if isinstance(obj, dict) and "tool_calls" in obj else [obj]
+    calls = []
+    for c in raw_calls or []:
+        if isinstance(c, dict) and isinstance(c.get("name"), str):
+            args = c.get("arguments") if isinstance(c.get("arguments"), dict) else {}
+            calls.append(
+                {"name": c["name"], "args": args, "id": f"call_{uuid.uuid4().hex[:24]}",
+                 "type": "tool_call"}
+            )
+    if not calls:
+        return ParsedReply(text, [], invalid=text)
+    return ParsedReply("", calls)
