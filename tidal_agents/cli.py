@@ -66,6 +66,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from tidal_agents.allocation.calibrate import calibrate
+    from tidal_agents.engine import EngineConfig, get_engine
+
+    engine = get_engine(EngineConfig(model=args.model))
+    model = calibrate(engine, quick=args.quick)
+    _print_json(model.to_dict() if hasattr(model, "to_dict") else str(model))
+    return 0
+
+
+def cmd_passthrough(module_name: str) -> Callable[[argparse.Namespace], int]:
+    """collect / train keep their own argument parsers."""
+
+    def run(args: argparse.Namespace) -> int:
+        import importlib
+
+        module = importlib.import_module(module_name)
+        return int(module.main(args.rest) or 0)
+
+    return run
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="tidal-agents",
@@ -82,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["prepare", "path"])
     p.add_argument("--force", action="store_true", help="convert again even if prepared")
     p.set_defaults(func=cmd_model)
+
+    p = sub.add_parser("calibrate", help="measure this engine's costs; save the cost model")
+    p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
+    p.add_argument("--quick", action="store_true", help="a shorter sweep")
+    p.set_defaults(func=cmd_calibrate)
+
+    for name, module, text in (
+        ("collect", "tidal_agents.evaluation.collect", "run every configuration on a task set"),
+        ("train", "tidal_agents.evaluation.train", "fit the accuracy predictor"),
+    ):
+        p = sub.add_parser(name, help=text, add_help=False)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+        p.set_defaults(func=cmd_passthrough(module))
 
     p = sub.add_parser("bench", help="benchmarks measured side by side in one run")
     p.add_argument(

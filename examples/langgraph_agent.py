@@ -1,0 +1,66 @@
+"""The same agent as a hand-built LangGraph graph; the deadline comes from config.
+
+Run: python examples/langgraph_agent.py
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+from langgraph.graph import END, START, MessagesState, StateGraph
+from langgraph.prebuilt import ToolNode
+
+from tidal_agents import TidalChatModel
+
+
+@tool
+def multiply(a: float, b: float) -> float:
+    """Multiply two numbers."""
+    return a * b
+
+
+@tool
+def km_to_miles(km: float) -> float:
+    """Convert a distance in kilometres to miles."""
+    return round(km * 0.621371, 3)
+
+
+TOOLS = [multiply, km_to_miles]
+
+
+def build_graph(model: TidalChatModel) -> Any:
+    llm = model.bind_tools(TOOLS)
+
+    def call_model(state: MessagesState) -> dict[str, Any]:
+        return {"messages": [llm.invoke(state["messages"])]}
+
+    def route(state: MessagesState) -> str:
+        last = state["messages"][-1]
+        return "tools" if isinstance(last, AIMessage) and last.tool_calls else END
+
+    graph = StateGraph(MessagesState)
+    graph.add_node("model", call_model)
+    graph.add_node("tools", ToolNode(TOOLS))
+    graph.add_edge(START, "model")
+    graph.add_conditional_edges("model", route, ["tools", END])
+    graph.add_edge("tools", "model")
+    return graph.compile()
+
+
+def run(deadline_s: float = 60.0, question: str = "Convert 42 km to miles.") -> dict:
+    model = TidalChatModel(max_tokens=64)
+    app = build_graph(model)
+    # The episode is declared in RunnableConfig: no code change inside the graph.
+    config = {
+        "configurable": {"tidal_deadline_s": deadline_s, "thread_id": "example-1"},
+        "recursion_limit": 8,
+    }
+    result = app.invoke({"messages": [("user", question)]}, config)
+    return {"messages": result["messages"]}
+
+
+if __name__ == "__main__":
+    for m in run()["messages"]:
+        m.pretty_print()

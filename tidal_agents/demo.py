@@ -1,0 +1,58 @@
+"""`tidal-agents demo`: one agent episode with a deadline on the embedded model."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from pathlib import Path
+
+from langchain.agents import create_agent
+from langchain_core.tools import tool
+from rich.console import Console
+
+
+@tool
+def multiply(a: float, b: float) -> float:
+    """Multiply two numbers."""
+    return a * b
+
+
+@tool
+def km_to_miles(km: float) -> float:
+    """Convert a distance in kilometres to miles."""
+    return round(km * 0.621371, 3)
+
+
+def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
+    from tidal_agents import TidalChatModel
+
+    console = Console()
+    out_dir = Path(trace_dir or tempfile.mkdtemp(prefix="tidal-demo-"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    console.print(f"[bold]Starting the engine[/bold] (embedded SmolLM2-135M-Instruct on vLLM)...")
+    model = TidalChatModel(max_tokens=64)
+    t0 = time.perf_counter()
+    _ = model.engine
+    console.print(f"engine ready in {time.perf_counter() - t0:.1f} s")
+    agent = create_agent(
+        model=model,
+        tools=[multiply, km_to_miles],
+        system_prompt="Use a tool to compute, then give the answer.",
+    )
+    question = "What is 12 times 7?"
+    console.print(f"[bold]Episode[/bold]: {question!r} with a {deadline_s:g} s deadline")
+    jsonl = out_dir / "trace.jsonl"
+    t0 = time.perf_counter()
+    with model.episode(deadline_s=deadline_s, trace_path=str(jsonl)) as ep:
+        result = agent.invoke({"messages": [("user", question)]}, {"recursion_limit": 8})
+    elapsed = time.perf_counter() - t0
+    for m in result["messages"]:
+        m.pretty_print()
+    ep.trace.print()
+    png = out_dir / "timeline.png"
+    ep.trace.plot(png)
+    console.print(
+        f"episode took {elapsed:.1f} s of {deadline_s:g} s; "
+        f"{len(ep.trace)} steps; trace: {jsonl}; timeline: {png}"
+    )
+    return 0
