@@ -1,0 +1,87 @@
+"""Predictor training on outcome rows: query-level split, Brier, reliability (no engine)."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tidal_agents.errors import TidalConfigError
+from tidal_agents.evaluation import train
+
+
+def synthetic_rows(queries: int = 120, seed: int = 0) -> list[dict]:
+    """Outcome rows whose accuracy falls with digits and rises with N (majority)."""
+    rng = random.Random(seed)
+    rows = []
+    for q in range(queries):
+        digits = 1 + q % 3
+        a, b = rng.randint(10 ** (digits - 1), 10**digits - 1), rng.randint(1, 9)
+        p1 = {1: 0.7, 2: 0.35, 3: 0.02}[digits]
+        for name, strategy, n, sel, temp in [
+            ("greedy", "single", 1, "first", 0.0),
+            ("bo4-majority", "best_of_n", 4, "majority", 0.7),
+            ("bo16-majority", "best_of_n", 16, "majority", 0.7),
+        ]:
+            p = p1 if n == 1 else min(1.0, p1 * (1 + 0.15 * np.log2(n)))
+            label = float(np.clip(p + rng.gauss(0, 0.05), 0, 1))
+            rows.append({
+                "query_id": f"q{q}", "question": f"What is {a} + {b}?", "prompt_tokens": 40,
+                "config": name, "strategy": strategy, "n": n, "selector": sel,
+                "temperature": temp, "max_tokens": 64, "soft_label": label,
+                "tokens": 40 + 20 * n, "latency_s": 0.5 + 0.1 * n,
+            })
+    return rows
+
+
+def test_split_is_by_query_and_deterministic() -> None:
+    rows = synthetic_rows(100)
+    tr, te = train.split_rows(rows, 0.3, seed=1)
+    assert {r["query_id"] for r in tr}.isdisjoint({r["query_id"] for r in te})
+    assert 0.15 < len(te) / len(rows) < 0.45
+    tr2, te2 = train.split_rows(rows, 0.3, seed=1)
+    assert te == te2
+    _, te3 = train.split_rows(rows, 0.3, seed=2)
+    assert te3 != te
+    with pytest.raises(TidalConfigError, match="test_fraction"):
+        train.is_test_query("q", 1.0)
+
+
+def test_train_beats_query_blind_baseline_and_saves(tmp_path: Path) -> None:
+    predictor, report = train.train(synthetic_rows(150), seed=0)
+    # digits drive accuracy: a query-aware predictor must beat the per-config mean clearly
+    assert report["brier_trained"] < 0.6 * report["brier_per_config_mean"]
+    assert report["brier_trained"] < report["brier_constant"]
+    assert sum(b["count"] for b in report["reliability"]) == report["test_rows"]
+    path = predictor.save(tmp_path / "p.joblib")
+    assert path.exists()
+    png = train.save_reliability_plot(report["reliability"], tmp_path / "r.png", "t")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_main_end_to_end(tmp_path: Path) -> None:
+    f = tmp_path / "outcomes-x.jsonl.gz"
+    with gzip.open(f, "wt") as fh:
+        for r in synthetic_rows(90):
+            fh.write(json.dumps(r) + "\n")
+    model = tmp_path / "m" / "pred.joblib"
+    assert train.main(["--outcomes", str(f), "--model-out", str(model),
+                       "--plot", str(tmp_path / "rel.png")]) == 0
+    assert model.exists() and (tmp_path / "rel.png").exists()
+    report = json.loads((model.parent / train.REPORT_FILE).read_text())
+    assert report["test_queries"] + report["train_queries"] == 90
+
+
+def test_reliability_bins() -> None:
+    table = train.reliability(np.array([0.05, 0.07, 0.95]), np.array([0.0, 1.0, 1.0]), bins=10)
+    assert [t["count"] for t in table] == [2, 1]
+    assert table[0]["observed"] == 0.5 and table[1]["predicted"] == 0.95
+
+
+def test_missing_outcomes_error(tmp_path: Path) -> None:
+    with pytest.raises(TidalConfigError, match="does not exist"):
+        train.load_outcomes([tmp_path / "nope.jsonl"])
