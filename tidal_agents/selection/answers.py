@@ -18,11 +18,13 @@ import logging
 import re
 import threading
 import unicodedata
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.tool_calls import canonical_tool_call, parse_tool_call
-from tidal_agents.strategies.base import AnswerKind
+
+if TYPE_CHECKING:  # a runtime import would cycle through tidal_agents.strategies
+    from tidal_agents.strategies.base import AnswerKind
 
 #: answers longer than this are compared as strings, never handed to sympy
 _MAX_MATH_CHARS = 120
@@ -36,6 +38,7 @@ logging.getLogger("math_verify").setLevel(logging.ERROR)
 _NUMBER = r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:\s*/\s*\d+)?|[-+]?\.\d+"
 _NUMBER_RE = re.compile(_NUMBER)
 _ANSWER_PHRASE = re.compile(r"(?:final answer|answer)\s*(?:is|=|:)\s*:?\s*(.+)", re.IGNORECASE)
+_FRAC_RE = re.compile(r"-?\\[dt]?frac\s*(?:\{[^{}]+\}\s*\{[^{}]+\}|\d\d)")
 _GSM8K = re.compile(r"####\s*(.+)")
 _BOXED = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _INLINE_MATH = re.compile(r"^\$+(.+?)\$+|^\\\((.+?)\\\)|^\\\[(.+?)\\\]")
@@ -128,8 +131,12 @@ def extract_answer(text: str, kind: AnswerKind = "math") -> str | None:
         got = _from_phrase_tail(m.group(1))
         if got:
             return got
-    numbers = _NUMBER_RE.findall(text)
-    return _clean_number(numbers[-1]) if numbers else None
+    numbers = list(_NUMBER_RE.finditer(text))
+    fracs = list(_FRAC_RE.finditer(text))
+    # "\frac{3}{4}" holds numbers too: when it ends the text, it is the answer, not "4"
+    if fracs and (not numbers or fracs[-1].end() >= numbers[-1].end()):
+        return fracs[-1].group(0).replace(" ", "")
+    return _clean_number(numbers[-1].group(0)) if numbers else None
 
 
 def _timeout() -> int | None:
@@ -210,3 +217,18 @@ def answers_equal(a: str, b: str) -> bool:
         return bool(verify(list(pa), list(pb), timeout_seconds=_timeout()))
     except Exception:  # a comparison sympy cannot do is not an equality
         return False
+
+
+def has_final_answer(text: str) -> bool:
+    """True when `text` states a final answer explicitly (\\boxed{}, ####, 'answer is').
+
+    Stricter than `extract_answer`, whose last-number fallback finds something in
+    almost any reasoning: beam search uses this to decide a trace is finished.
+    """
+    if not isinstance(text, str):
+        return False
+    if _last_boxed(text) is not None:
+        return True
+    if any(_from_phrase_tail(m.group(1)) for m in _GSM8K.finditer(text)):
+        return True
+    return any(_from_phrase_tail(m.group(1)) for m in _ANSWER_PHRASE.finditer(text))

@@ -90,6 +90,8 @@ class Candidate:
     #: selector / beam score; higher is better
     score: float | None = None
     mean_logprob: float | None = None
+    #: log-prob of each generated token (empty when log-probs were not requested)
+    token_logprobs: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
