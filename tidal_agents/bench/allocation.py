@@ -1,0 +1,305 @@
+"""`tidal-agents bench allocation`: adaptive allocation vs static configurations vs oracle.
+
+Offline, from the committed outcomes (``tidal_agents/data/outcomes-*.jsonl.gz``),
+on the held-out queries of the split the shipped predictor was trained with
+(no engine needed):
+
+* static: every configuration applied to every held-out query;
+* adaptive (the paper's rule): per query, the configuration maximising
+  ``acc_hat - lambda_T * tokens_hat - lambda_L * latency_hat``, with
+  ``acc_hat`` from the trained accuracy predictor and ``tokens_hat`` /
+  ``latency_hat`` the per-configuration means of the *training* split (the
+  paper's cost predictors), swept over a grid of (lambda_T, lambda_L);
+* oracle: per query, the configuration with the highest soft label, the
+  cheapest (tokens, then latency) among ties.
+
+Accuracy is the mean soft label of the chosen configurations; tokens and
+latency are the chosen configurations' recorded costs on those queries.
+"Matched" means: the most accurate adaptive point whose mean latency (or
+tokens) is not above the best static configuration's.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from tidal_agents.errors import TidalConfigError
+
+
+def _point(acc: float, tokens: float, latency: float) -> dict[str, float]:
+    return {"accuracy": float(acc), "tokens": float(tokens), "latency_s": float(latency)}
+
+
+def outcome_matrices(
+    rows: Sequence[dict[str, Any]], configs: Sequence[str] | None = None
+) -> tuple[list[str], list[str], np.ndarray, np.ndarray, np.ndarray]:
+    """(query ids, config names, soft labels, tokens, latency) as Q x C arrays.
+
+    Only queries with a row for every configuration are kept.
+    """
+    by_q: dict[str, dict[str, dict[str, Any]]] = {}
+    for r in rows:
+        by_q.setdefault(r["query_id"], {})[r["config"]] = r
+    if configs is None:
+        common = set.intersection(*(set(v) for v in by_q.values())) if by_q else set()
+        configs = sorted(common, key=_config_order)
+    if not configs:
+        raise TidalConfigError("no configuration is present for every query.")
+    qids = sorted(q for q, v in by_q.items() if all(c in v for c in configs))
+    if not qids:
+        raise TidalConfigError("no query has a row for every configuration.")
+    def m(key: str) -> np.ndarray:
+        return np.array([[float(by_q[q][c][key]) for c in configs] for q in qids])
+    return qids, list(configs), m("soft_label"), m("tokens"), m("latency_s")
+
+
+def _config_order(name: str) -> tuple[int, int, str]:
+    import re
+
+    if name == "greedy":
+        return (0, 0, name)
+    if name == "single":
+        return (1, 1, name)
+    m = re.match(r"(bo|beam)(\d+)", name)
+    return (2 if m and m.group(1) == "bo" else 3, int(m.group(2)) if m else 0, name)
+
+
+def oracle_choice(labels: np.ndarray, tokens: np.ndarray, latency: np.ndarray) -> np.ndarray:
+    """Per query: highest soft label; among ties, fewest tokens, then lowest latency."""
+    best = labels.max(axis=1, keepdims=True)
+    tied = np.isclose(labels, best)
+    key = np.where(tied, tokens + 1e-6 * latency, np.inf)
+    return key.argmin(axis=1)
+
+
+def sweep(
+    acc_hat: np.ndarray,
+    tokens_hat: np.ndarray,
+    latency_hat: np.ndarray,
+    lambdas_t: np.ndarray,
+    lambdas_l: np.ndarray,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Choices (P x Q) of the utility rule for every (lambda_T, lambda_L) pair (P of them)."""
+    lt, ll = np.meshgrid(lambdas_t, lambdas_l, indexing="ij")
+    lt, ll = lt.ravel(), ll.ravel()
+    cost = lt[:, None] * tokens_hat[None, :] + ll[:, None] * latency_hat[None, :]  # P x C
+    utility = acc_hat[None, :, :] - cost[:, None, :]  # P x Q x C
+    return utility.argmax(axis=2), np.stack([lt, ll], axis=1)
+
+
+def evaluate_choices(
+    choice: np.ndarray, labels: np.ndarray, tokens: np.ndarray, latency: np.ndarray
+) -> np.ndarray:
+    """(P x 3) accuracy, mean tokens, mean latency of each row of choices (P x Q)."""
+    q = np.arange(labels.shape[0])
+    return np.stack(
+        [labels[q, choice].mean(axis=-1), tokens[q, choice].mean(axis=-1),
+         latency[q, choice].mean(axis=-1)], axis=-1
+    )
+
+
+def pareto_front(points: np.ndarray, cost_col: int) -> np.ndarray:
+    """Indices of points not dominated in (higher accuracy, lower cost), sorted by cost."""
+    order = np.lexsort((-points[:, 0], points[:, cost_col]))
+    front, best = [], -np.inf
+    for i in order:
+        if points[i, 0] > best + 1e-12:
+            front.append(i)
+            best = points[i, 0]
+    return np.array(front, dtype=int)
+
+
+def matched(points: np.ndarray, cost_col: int, budget: float) -> int | None:
+    """The most accurate point whose cost is within `budget` (cheapest among ties)."""
+    ok = np.where(points[:, cost_col] <= budget * (1 + 1e-9))[0]
+    if len(ok) == 0:
+        return None
+    best = points[ok, 0].max()
+    tied = ok[np.isclose(points[ok, 0], best)]
+    return int(tied[points[tied, cost_col].argmin()])
+
+
+def _gap(adaptive: float, static: float, oracle: float) -> float | None:
+    return (adaptive - static) / (oracle - static) if oracle - static > 1e-12 else None
+
+
+def _plots(
+    out_dir: Path, static: np.ndarray, names: list[str], adaptive: np.ndarray,
+    oracle: np.ndarray, title: str,
+) -> list[str]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for col, label, fname in ((1, "mean tokens per query", "allocation_pareto_tokens.png"),
+                              (2, "mean latency per query (s)", "allocation_pareto_latency.png")):
+        fig, ax = plt.subplots(figsize=(6.4, 4.4))
+        front = pareto_front(adaptive, col)
+        ax.scatter(adaptive[:, col], adaptive[:, 0], s=6, color="C0", alpha=0.25,
+                   label="adaptive (lambda sweep)")
+        ax.plot(adaptive[front, col], adaptive[front, 0], color="C0", lw=1.5,
+                label="adaptive Pareto front")
+        ax.scatter(static[:, col], static[:, 0], color="C1", marker="s", s=28, label="static")
+        for (x, y), name in zip(static[:, [col, 0]], names, strict=True):
+            ax.annotate(name, (x, y), fontsize=6, xytext=(3, 2), textcoords="offset points")
+        ax.scatter([oracle[col]], [oracle[0]], color="C3", marker="*", s=120, label="oracle")
+        ax.set_xscale("log")
+        ax.set_xlabel(label)
+        ax.set_ylabel("accuracy (mean soft label, held out)")
+        ax.set_title(title, fontsize=9)
+        ax.legend(fontsize=7, loc="lower right")
+        fig.tight_layout()
+        path = out_dir / fname
+        fig.savefig(path, dpi=120)
+        plt.close(fig)
+        paths.append(str(path))
+    return paths
+
+
+def evaluate(
+    rows: Sequence[dict[str, Any]],
+    predictor: Any,
+    test_fraction: float,
+    split_seed: int,
+    points: int = 30,
+) -> dict[str, Any]:
+    """All figures of the benchmark (see the module docstring)."""
+    from tidal_agents.evaluation.train import predict_rows, split_rows
+
+    train_rows, test_rows = split_rows(rows, test_fraction, split_seed)
+    qids, names, labels, tokens, latency = outcome_matrices(test_rows)
+    _, _, _, tr_tokens, tr_latency = outcome_matrices(train_rows, names)
+    tokens_hat, latency_hat = tr_tokens.mean(axis=0), tr_latency.mean(axis=0)
+    # predicted accuracy per (held-out query, config)
+    by = {(r["query_id"], r["config"]): r for r in test_rows}
+    flat = [by[(q, c)] for q in qids for c in names]
+    acc_hat = predict_rows(predictor, flat).reshape(len(qids), len(names))
+
+    static = np.stack([labels.mean(axis=0), tokens.mean(axis=0), latency.mean(axis=0)], axis=1)
+    best_i = int(np.lexsort((static[:, 1], -static[:, 0]))[0])
+    oc = oracle_choice(labels, tokens, latency)
+    oracle = evaluate_choices(oc[None, :], labels, tokens, latency)[0]
+    # lambdas in "accuracy per unit of cost", spanning the grid's cost ranges
+    lam_t = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / tokens_hat.max()])
+    lam_l = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / latency_hat.max()])
+    choices, lambdas = sweep(acc_hat, tokens_hat, latency_hat, lam_t, lam_l)
+    adaptive = evaluate_choices(choices, labels, tokens, latency)
+
+    out: dict[str, Any] = {
+        "held_out_queries": len(qids),
+        "configs": names,
+        "static": {n: _point(*static[i]) for i, n in enumerate(names)},
+        "static_best": {"config": names[best_i], **_point(*static[best_i])},
+        "oracle": _point(*oracle),
+    }
+    for key, col in (("latency", 2), ("tokens", 1)):
+        j = matched(adaptive, col, static[best_i, col])
+        if j is None:
+            out[f"adaptive_at_matched_{key}"] = None
+            out[f"gap_closed_at_matched_{key}"] = None
+            continue
+        lt, ll = lambdas[j]
+        picked = np.bincount(choices[j], minlength=len(names))
+        out[f"adaptive_at_matched_{key}"] = {
+            **_point(*adaptive[j]), "lambda_tokens": float(lt), "lambda_latency": float(ll),
+            "configs_used": {names[k]: int(c) for k, c in enumerate(picked) if c},
+        }
+        out[f"gap_closed_at_matched_{key}"] = _gap(adaptive[j, 0], static[best_i, 0], oracle[0])
+    # the adaptive policy's accuracy at the cost of the cheapest static config, for scale
+    out["adaptive_max_accuracy"] = float(adaptive[:, 0].max())
+    out["_arrays"] = (static, names, adaptive, oracle)
+    return out
+
+
+def _table(result: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"allocation on {result['held_out_queries']} held-out queries")
+    for col in ("policy", "accuracy", "tokens", "latency s"):
+        t.add_column(col, justify="left" if col == "policy" else "right")
+    for name, p in result["static"].items():
+        t.add_row(f"static {name}", f"{p['accuracy']:.3f}", f"{p['tokens']:.0f}",
+                  f"{p['latency_s']:.2f}")
+    for key in ("adaptive_at_matched_latency", "adaptive_at_matched_tokens"):
+        p = result.get(key)
+        if p:
+            t.add_row(key.replace("_", " "), f"{p['accuracy']:.3f}", f"{p['tokens']:.0f}",
+                      f"{p['latency_s']:.2f}")
+    o = result["oracle"]
+    t.add_row("oracle", f"{o['accuracy']:.3f}", f"{o['tokens']:.0f}", f"{o['latency_s']:.2f}")
+    Console(stderr=True).print(t)
+
+
+def run(config: Any = None, args: Any = None) -> dict[str, Any]:
+    """Entry point of `tidal-agents bench allocation` (the engine config is not used)."""
+    from tidal_agents.allocation.predictor import SklearnAccuracyPredictor
+    from tidal_agents.evaluation.train import (
+        DEFAULT_TEST_FRACTION,
+        REPORT_FILE,
+        data_dir,
+        load_outcomes,
+        split_rows,
+        train,
+    )
+
+    t0 = time.perf_counter()
+    outcome_files = getattr(args, "outcomes", None)
+    rows = load_outcomes(outcome_files)
+    report_path = data_dir() / REPORT_FILE
+    fraction, seed = DEFAULT_TEST_FRACTION, 0
+    predictor = None
+    source = "trained in this run on the training split"
+    if not outcome_files and report_path.exists():
+        report = json.loads(report_path.read_text())
+        fraction, seed = float(report["test_fraction"]), int(report["split_seed"])
+        predictor = SklearnAccuracyPredictor.load_default()
+        source = "shipped (tidal_agents/data), trained on the same training split"
+    if predictor is None:
+        split_rows(rows, fraction, seed)  # fails clearly on a degenerate split
+        predictor, _ = train(rows, fraction, seed)
+    points = 12 if getattr(args, "quick", False) else 30
+    result = evaluate(rows, predictor, fraction, seed, points=points)
+    static, names, adaptive, oracle = result.pop("_arrays")
+    plot_dir = Path(getattr(args, "plot_dir", None) or _default_plot_dir())
+    title = (f"{len(names)} configurations, {result['held_out_queries']} held-out queries, "
+             f"{len(adaptive)} lambda pairs")
+    result["plots"] = _plots(plot_dir, static, names, adaptive, oracle, title)
+    result["predictor"] = source
+    result["split"] = {"test_fraction": fraction, "seed": seed}
+    result["bench_wall_s"] = time.perf_counter() - t0
+    _table(result)
+    return result
+
+
+def _default_plot_dir() -> Path:
+    from tidal_agents.paths import home_dir
+
+    return home_dir() / "bench" / "allocation"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Standalone: ``python -m tidal_agents.bench.allocation [--outcomes F ...] [--plot-dir D]``."""
+    import argparse
+
+    p = argparse.ArgumentParser(prog="bench allocation")
+    p.add_argument("--outcomes", type=Path, nargs="*", default=None)
+    p.add_argument("--plot-dir", type=Path, default=None)
+    p.add_argument("--quick", action="store_true")
+    args = p.parse_args(argv)
+    print(json.dumps(run(None, args), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
