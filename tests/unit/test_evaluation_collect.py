@@ -156,3 +156,25 @@ def test_collect_writes_rows_and_resumes(tmp_path: Path) -> None:
     assert engine.calls == calls + 2 * 2  # only the two new items (n_max + greedy each)
     rows = collect.read_rows(out)
     assert len(collect.completed_queries(rows, names)) == 6
+
+
+def test_latency_fit_ignores_contention_outliers() -> None:
+    ms = [LatencyMeasurement("q", 4, 0.7, 0.2 + 0.03 * L, L, 4 * L, 40) for L in range(10, 90, 10)]
+    ms[2] = LatencyMeasurement("q", 4, 0.7, 25.0, 30, 120, 40)  # ran beside another engine
+    model = LatencyModel.fit(ms)
+    assert model.predict(4, 50) == pytest.approx(0.2 + 0.03 * 50, rel=0.05)
+
+
+def test_rebuild_reproduces_rows(tmp_path: Path) -> None:
+    items = graded_arithmetic(5, seed=0, kinds=["add-1d", "mul-1d"])
+    out = tmp_path / "o.jsonl"
+    settings = CollectSettings(n_max=4, max_tokens=16, latency_items=2, concurrency=2)
+    asyncio.run(collect.collect(_FakeEngine(), items, out, settings, show=False))
+    dest = tmp_path / "again.jsonl"
+    assert collect.rebuild(out, items, settings, dest) == 5
+    key = lambda r: (r["query_id"], r["config"])  # noqa: E731
+    before = sorted(collect.read_rows(out), key=key)
+    after = sorted(collect.read_rows(dest), key=key)
+    for r in before:
+        r["extra"] = {}
+    assert before == after

@@ -204,13 +204,7 @@ class LatencyModel:
         for n, ms in sorted(by_n.items()):
             x = np.array([m.longest_tokens for m in ms], dtype=float)
             y = np.array([m.wall_s for m in ms], dtype=float)
-            if len(ms) >= 2 and np.ptp(x) > 0:
-                b, a = np.polyfit(x, y, 1)
-                b = max(float(b), 0.0)
-                a = float(np.mean(y - b * x))
-            else:  # one length only: a per-token rate through the origin
-                a, b = 0.0, float(np.sum(y) / max(np.sum(x), 1.0))
-            coef[n] = (a, b)
+            coef[n] = _theil_sen(x, y)
         if not coef:
             raise TidalConfigError("no latency measurements to fit a latency model from.")
         return cls(coef)
@@ -231,6 +225,24 @@ class LatencyModel:
                 (a0, b0), (a1, b1) = self.coefficients[lo], self.coefficients[hi]
                 a, b = a0 + t * (a1 - a0), b0 + t * (b1 - b0)
         return max(a + b * float(longest_tokens), 1e-3)
+
+
+def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Robust line (median pairwise slope, median intercept), slope >= 0.
+
+    The machine is shared: a request that happened to run beside someone
+    else's engine takes several times longer. Least squares would follow
+    those; the Theil-Sen line ignores up to ~29% of such outliers.
+    """
+    slopes = [(y[j] - y[i]) / (x[j] - x[i])
+              for i in range(len(x)) for j in range(i + 1, len(x)) if x[j] != x[i]]
+    if slopes:
+        b = max(float(np.median(slopes)), 0.0)
+        a = float(np.median(y - b * x))
+        if a >= 0 or b > 0:
+            return max(a, 0.0), b
+    # one length only (or a degenerate fit): a per-token rate through the origin
+    return 0.0, float(np.median(y / np.maximum(x, 1.0)))
 
 
 # ------------------------------------------------------------ the grid
@@ -353,23 +365,57 @@ async def collect_item(
     )
     samples = await asyncio.to_thread(_sample_outcomes, sampled, item.gold)
     (g,) = await asyncio.to_thread(_sample_outcomes, greedy, item.gold)
-    p_tok = sampled.prompt_tokens
+    rows = rows_from_samples(
+        item, samples, g, sampled.prompt_tokens, settings, latency, rng,
+        backend=getattr(engine, "backend_id", "unknown"),
+        n_max_wall_s=sampled.wall_s,
+    )
+    record = {
+        "query_id": item.id,
+        "prompt_tokens": sampled.prompt_tokens,
+        "backend": getattr(engine, "backend_id", "unknown"),
+        "greedy": asdict(g),
+        "samples": [asdict(s) for s in samples],
+        "greedy_text_head": greedy.samples[0].text[:200],
+        "sample_texts_head": [s.text[:160] for s in sampled.samples[:2]],
+    }
+    return rows, record
+
+
+def rows_from_samples(
+    item: TaskItem,
+    samples: Sequence[SampleOutcome],
+    greedy: SampleOutcome,
+    prompt_tokens: int,
+    settings: CollectSettings,
+    latency: LatencyModel,
+    rng: random.Random,
+    backend: str,
+    n_max_wall_s: float | None = None,
+) -> list[OutcomeRow]:
+    """The greedy, single and best-of-N rows of one query from its samples.
+
+    Deterministic given `rng`'s state: `rebuild` re-derives the same rows
+    (e.g. after refitting the latency model) from the samples file.
+    """
+    if len(samples) != settings.n_max:
+        raise TidalConfigError(f"{item.id}: {len(samples)} samples, expected {settings.n_max}.")
+    p_tok = prompt_tokens
     base = dict(query_id=item.id, task=item.source, difficulty=item.difficulty,
                 question=item.question, gold=item.gold, prompt_tokens=p_tok,
-                max_tokens=settings.max_tokens, seed=settings.seed,
-                backend=getattr(engine, "backend_id", "unknown"))
+                max_tokens=settings.max_tokens, seed=settings.seed, backend=backend)
+    mean_gen = float(np.mean([s.generated_tokens for s in samples]))
     rows = [
         OutcomeRow(**base, config="greedy", strategy="single", n=1, selector="first",
-                   temperature=0.0, soft_label=float(g.correct),
-                   tokens=float(greedy.prompt_tokens + g.generated_tokens),
-                   generated_tokens=float(g.generated_tokens),
-                   latency_s=latency.predict(1, g.generated_tokens), latency_source="model",
-                   bootstrapped=False),
+                   temperature=0.0, soft_label=float(greedy.correct),
+                   tokens=float(p_tok + greedy.generated_tokens),
+                   generated_tokens=float(greedy.generated_tokens),
+                   latency_s=latency.predict(1, greedy.generated_tokens),
+                   latency_source="model", bootstrapped=False),
         OutcomeRow(**base, config="single", strategy="single", n=1, selector="first",
                    temperature=SAMPLING_TEMPERATURE,
                    soft_label=float(np.mean([s.correct for s in samples])),
-                   tokens=p_tok + float(np.mean([s.generated_tokens for s in samples])),
-                   generated_tokens=float(np.mean([s.generated_tokens for s in samples])),
+                   tokens=p_tok + mean_gen, generated_tokens=mean_gen,
                    latency_s=float(np.mean([latency.predict(1, s.generated_tokens)
                                             for s in samples])),
                    latency_source="model", bootstrapped=True),
@@ -377,6 +423,8 @@ async def collect_item(
     for n in settings.sample_ns:
         for selector in ("majority", "confidence"):
             b = bootstrap(samples, n, selector, settings.resamples, rng)  # type: ignore[arg-type]
+            extra = ({"n_max_wall_s_concurrent": n_max_wall_s}
+                     if n == settings.n_max and n_max_wall_s is not None else {})
             rows.append(
                 OutcomeRow(**base, config=f"bo{n}-{selector}", strategy="best_of_n", n=n,
                            selector=selector, temperature=SAMPLING_TEMPERATURE,
@@ -385,17 +433,46 @@ async def collect_item(
                            latency_s=float(np.mean([latency.predict(n, L)
                                                     for L in b.longest_tokens])),
                            latency_source="model", bootstrapped=n < settings.n_max,
-                           extra={"n_max_wall_s_concurrent": sampled.wall_s}
-                           if n == settings.n_max else {})
+                           extra=extra)
             )
-    record = {
-        "query_id": item.id,
-        "greedy": asdict(g),
-        "samples": [asdict(s) for s in samples],
-        "greedy_text_head": greedy.samples[0].text[:200],
-        "sample_texts_head": [s.text[:160] for s in sampled.samples[:2]],
-    }
-    return rows, record
+    return rows
+
+
+def rebuild(
+    out: Path, items: Sequence[TaskItem], settings: CollectSettings, dest: Path
+) -> int:
+    """Re-derive the sampling rows of `out` from its samples and latency files into `dest`.
+
+    The same seed gives the same bootstrap subsets; the latency model is fitted
+    afresh from the latency file (with the current fitting code). Beam rows
+    (measured, not derived) are copied over. Returns the number of queries.
+    """
+    records = {r["query_id"]: r for r in read_rows(_side(out, "samples"))}
+    old = read_rows(out)
+    prompt_tokens = {r["query_id"]: int(r["prompt_tokens"]) for r in old}
+    backend = {r["query_id"]: r.get("backend", "unknown") for r in old}
+    latency = LatencyModel.fit(
+        [LatencyMeasurement(**m) for m in read_rows(_side(out, "latency"))]
+    )
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    if dest.exists():
+        dest.unlink()
+    count = 0
+    for item in items:
+        rec = records.get(item.id)
+        if rec is None:
+            continue
+        samples = [SampleOutcome(**s) for s in rec["samples"]]
+        rows: list[Any] = rows_from_samples(
+            item, samples, SampleOutcome(**rec["greedy"]),
+            int(rec.get("prompt_tokens", prompt_tokens[item.id])), settings, latency,
+            random.Random(f"{settings.seed}:{item.id}"),
+            backend=rec.get("backend", backend[item.id]),
+        )
+        rows += [r for r in old if r["query_id"] == item.id and r["strategy"] == "beam"]
+        _append(dest, rows)
+        count += 1
+    return count
 
 
 async def beam_rows(engine: Any, item: TaskItem, settings: CollectSettings) -> list[OutcomeRow]:
@@ -527,6 +604,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--beam-widths", type=int, nargs="*", default=[],
                    help="beam configurations run for real via run_strategy")
     p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
+    p.add_argument("--rebuild-to", type=Path, default=None,
+                   help="no engine: re-derive --out's rows from its samples/latency files here")
     args = p.parse_args(argv)
     settings = CollectSettings(
         n_max=args.n_max, max_tokens=args.max_tokens, resamples=args.resamples, seed=args.seed,
@@ -534,6 +613,10 @@ def main(argv: list[str] | None = None) -> int:
         beam_widths=tuple(args.beam_widths),
     )
     items = load_task(args.task, args.limit, seed=args.seed)
+    if args.rebuild_to is not None:
+        count = rebuild(args.out, items, settings, args.rebuild_to)
+        print(json.dumps({"rebuilt_queries": count, "out": str(args.rebuild_to)}))
+        return 0
     from tidal_agents.engine import EngineConfig, get_engine
 
     engine = get_engine(EngineConfig(model=args.model))
