@@ -65,20 +65,15 @@ def test_bootstrap_tokens_and_longest() -> None:
         bootstrap(samples, 5, "majority", 30, random.Random(0))
 
 
-def test_latency_model_fit_and_interpolation() -> None:
-    ms = []
-    for n, (a, b) in {1: (0.1, 0.02), 4: (0.2, 0.03), 16: (0.4, 0.06)}.items():
-        for length in (10, 50, 90):
-            ms.append(LatencyMeasurement("q", n, 0.7, a + b * length, length, n * length, 40))
+def test_latency_model_fit() -> None:
+    ms = [LatencyMeasurement("q", n, 0.7, 0.3 + length * (0.02 + 0.001 * n), length, n * length, 40)
+          for n in (1, 2, 4, 8, 16) for length in (10, 50, 90)]
     model = LatencyModel.fit(ms)
-    assert model.predict(1, 50) == pytest.approx(1.1)
-    assert model.predict(16, 10) == pytest.approx(1.0)
-    # n=2 is halfway between 1 and 4 in log2
-    assert model.predict(2, 50) == pytest.approx(0.15 + 0.025 * 50)
-    assert model.predict(2, 50) > model.predict(1, 50)
-    assert model.predict(64, 50) == model.predict(16, 50)
-    with pytest.raises(TidalConfigError):
-        LatencyModel.fit([])
+    assert model.predict(1, 50) == pytest.approx(0.3 + 50 * 0.021, rel=1e-3)
+    assert model.predict(16, 90) == pytest.approx(0.3 + 90 * 0.036, rel=1e-3)
+    assert model.predict(8, 50) > model.predict(2, 50) > model.predict(1, 40)
+    with pytest.raises(TidalConfigError, match="at least 3"):
+        LatencyModel.fit(ms[:2])
 
 
 def test_settings_validation_and_grid() -> None:
@@ -159,8 +154,10 @@ def test_collect_writes_rows_and_resumes(tmp_path: Path) -> None:
 
 
 def test_latency_fit_ignores_contention_outliers() -> None:
-    ms = [LatencyMeasurement("q", 4, 0.7, 0.2 + 0.03 * L, L, 4 * L, 40) for L in range(10, 90, 10)]
-    ms[2] = LatencyMeasurement("q", 4, 0.7, 25.0, 30, 120, 40)  # ran beside another engine
+    ms = [LatencyMeasurement("q", n, 0.7, 0.2 + 0.03 * length, length, n * length, 40)
+          for n in (1, 4) for length in range(10, 90, 10)]
+    ms[2] = LatencyMeasurement("q", 1, 0.7, 25.0, 30, 30, 40)  # ran beside another engine
+    ms[9] = LatencyMeasurement("q", 4, 0.7, 12.0, 20, 80, 40)
     model = LatencyModel.fit(ms)
     assert model.predict(4, 50) == pytest.approx(0.2 + 0.03 * 50, rel=0.05)
 

@@ -22,11 +22,13 @@ samples share it) plus the generated tokens of the samples in the subset.
 Latency of a bootstrapped configuration is *modelled from real measurements*:
 before the main run, ``--latency-items`` queries are sent alone (no other
 request of ours in flight) as real requests with n in {1, 2, 4, 8, n_max};
-a per-n linear model ``wall = a_n + b_n * longest_sample_tokens`` is fitted to
-them (decode is sequential in the longest sample; per-step cost grows with
-the batch), and each bootstrapped subset's latency is predicted from its own
-longest sample. The main run sends several queries at once for throughput,
-so its wall times are not per-query latencies and are not used as such.
+the model ``wall = a + L * (b + c * n)`` (L: the longest sample's tokens;
+decode is sequential in the longest sample and each step costs more with a
+bigger batch) is fitted to them by median regression (robust to requests
+slowed by other processes on a shared machine), and each bootstrapped
+subset's latency is predicted from its own longest sample. The main run
+sends several queries at once for throughput, so its wall times are not
+per-query latencies and are not used as such.
 Rows say which latency is measured and which is modelled
 (``latency_source``).
 
@@ -187,62 +189,41 @@ def bootstrap(
 # --------------------------------------------------------- latency model
 @dataclass(frozen=True)
 class LatencyModel:
-    """Per-n linear model ``wall = a_n + b_n * longest_sample_tokens``.
+    """``wall = a + L * (b + c * n)`` for n samples whose longest has L tokens.
 
-    n values not measured are interpolated linearly in log2(n) between the
-    nearest measured ones (held constant beyond the ends).
+    Decode runs one step per token of the longest sample; each step costs a
+    fixed part (b: weights, scheduling) plus a part growing with the batch
+    (c per sequence); a covers prefill and request overhead. Fitted by median
+    (least absolute deviation) regression on all measurements together: the
+    machine is shared, and a request that ran beside someone else's engine
+    takes several times longer; a median fit ignores those, a least-squares
+    or per-n fit follows them (seen here: n=1 fitted slower than n=4).
     """
 
-    coefficients: dict[int, tuple[float, float]]
+    a: float
+    b: float
+    c: float
 
     @classmethod
     def fit(cls, measurements: Sequence[LatencyMeasurement]) -> LatencyModel:
-        by_n: dict[int, list[LatencyMeasurement]] = {}
-        for m in measurements:
-            by_n.setdefault(m.n, []).append(m)
-        coef: dict[int, tuple[float, float]] = {}
-        for n, ms in sorted(by_n.items()):
-            x = np.array([m.longest_tokens for m in ms], dtype=float)
-            y = np.array([m.wall_s for m in ms], dtype=float)
-            coef[n] = _theil_sen(x, y)
-        if not coef:
-            raise TidalConfigError("no latency measurements to fit a latency model from.")
-        return cls(coef)
+        if len(measurements) < 3:
+            raise TidalConfigError(
+                f"{len(measurements)} latency measurements; at least 3 are needed to fit."
+            )
+        from sklearn.linear_model import QuantileRegressor
+
+        x = np.array([[m.longest_tokens, m.longest_tokens * m.n] for m in measurements], float)
+        y = np.array([m.wall_s for m in measurements], float)
+        q = QuantileRegressor(quantile=0.5, alpha=0.0, solver="highs").fit(x, y)
+        a, b, c = float(q.intercept_), float(q.coef_[0]), float(q.coef_[1])
+        return cls(max(a, 0.0), max(b, 0.0), max(c, 0.0))
+
+    @property
+    def coefficients(self) -> dict[str, float]:
+        return {"a_s": self.a, "b_s_per_token": self.b, "c_s_per_token_per_seq": self.c}
 
     def predict(self, n: int, longest_tokens: float) -> float:
-        ns = sorted(self.coefficients)
-        if n <= ns[0]:
-            a, b = self.coefficients[ns[0]]
-        elif n >= ns[-1]:
-            a, b = self.coefficients[ns[-1]]
-        else:
-            hi = next(k for k in ns if k >= n)
-            lo = max(k for k in ns if k <= n)
-            if hi == lo:
-                a, b = self.coefficients[lo]
-            else:
-                t = (math.log2(n) - math.log2(lo)) / (math.log2(hi) - math.log2(lo))
-                (a0, b0), (a1, b1) = self.coefficients[lo], self.coefficients[hi]
-                a, b = a0 + t * (a1 - a0), b0 + t * (b1 - b0)
-        return max(a + b * float(longest_tokens), 1e-3)
-
-
-def _theil_sen(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
-    """Robust line (median pairwise slope, median intercept), slope >= 0.
-
-    The machine is shared: a request that happened to run beside someone
-    else's engine takes several times longer. Least squares would follow
-    those; the Theil-Sen line ignores up to ~29% of such outliers.
-    """
-    slopes = [(y[j] - y[i]) / (x[j] - x[i])
-              for i in range(len(x)) for j in range(i + 1, len(x)) if x[j] != x[i]]
-    if slopes:
-        b = max(float(np.median(slopes)), 0.0)
-        a = float(np.median(y - b * x))
-        if a >= 0 or b > 0:
-            return max(a, 0.0), b
-    # one length only (or a degenerate fit): a per-token rate through the origin
-    return 0.0, float(np.median(y / np.maximum(x, 1.0)))
+        return max(self.a + float(longest_tokens) * (self.b + self.c * n), 1e-3)
 
 
 # ------------------------------------------------------------ the grid
@@ -585,7 +566,7 @@ async def collect(
     bar.close()
     return {"items": len(items), "skipped": len(items) - len(todo), "collected": written,
             "wall_s": time.perf_counter() - t0, "out": str(out),
-            "latency_model": {str(k): v for k, v in latency.coefficients.items()}}
+            "latency_model": latency.coefficients}
 
 
 def main(argv: list[str] | None = None) -> int:
