@@ -1,0 +1,217 @@
+"""`tidal-agents bench episodes`: agent episodes under deadlines, adaptive vs static.
+
+Each task of `evaluation.agent_tasks` runs as a `langchain.agents.create_agent`
+agent over `TidalChatModel`, inside ``model.episode(deadline_s=...)``, once
+per policy (the adaptive allocator, and each static strategy fixed with
+``strategy=``) and per deadline. Per (policy, deadline):
+
+* ``success_rate``: the final message states the gold number;
+* ``deadline_hit_rate``: episodes that ran into their deadline (the episode
+  raised `EpisodeDeadlineExceeded`, a step was cut short, or the episode's
+  wall time exceeded the deadline);
+* ``mean_tokens``: prompt + generated tokens over the episode's steps
+  (from the messages' ``usage_metadata``);
+* per-step latency prediction error: ``|predicted - actual| / actual`` with
+  the decision's predicted latency and the step's measured wall time (from
+  the episode trace).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from tidal_agents.evaluation.agent_tasks import (
+    AgentTask,
+    agent_tasks,
+    grade_messages,
+    langchain_tools,
+)
+
+SYSTEM_PROMPT = (
+    "You solve the user's problem with the tools. Call one tool at a time. "
+    "When you have the result, answer with the final number."
+)
+STATIC_POLICIES = ("greedy", "bo4-majority", "beam2")
+
+
+@dataclass(frozen=True)
+class EpisodeOutcome:
+    task_id: str
+    policy: str
+    deadline_s: float
+    success: bool
+    tool_result_correct: bool
+    deadline_hit: bool
+    wall_s: float
+    tokens: int
+    steps: int
+    tool_calls: tuple[str, ...]
+    #: (predicted latency, actual wall) per step
+    step_latency: tuple[tuple[float, float], ...] = ()
+    strategies: tuple[str, ...] = ()
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _trace_steps(trace: Any) -> list[dict[str, Any]]:
+    """The episode trace's step records as dicts."""
+    records = getattr(trace, "records", trace)
+    out = []
+    for r in records or ():
+        if hasattr(r, "model_dump"):
+            out.append(r.model_dump(mode="json"))
+        elif hasattr(r, "__dataclass_fields__"):
+            out.append(asdict(r))
+        else:
+            out.append(dict(r))
+    return out
+
+
+def step_latency_pairs(steps: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
+    """(predicted, actual) latency of every step that ran, from trace records."""
+    pairs = []
+    for s in steps:
+        decision = s.get("decision") or {}
+        pred = s.get("predicted_latency_s", decision.get("predicted_latency_s"))
+        spent = s.get("spent") or {}
+        actual = s.get("wall_s", spent.get("wall_s"))
+        if pred is not None and actual is not None and actual > 0:
+            pairs.append((float(pred), float(actual)))
+    return pairs
+
+
+def _cut_short(steps: Sequence[dict[str, Any]]) -> bool:
+    return any(bool(s.get("cut_short", (s.get("spent") or {}).get("cut_short"))) for s in steps)
+
+
+def run_episode(
+    model: Any, task: AgentTask, deadline_s: float, policy: str, recursion_limit: int = 10
+) -> EpisodeOutcome:
+    """One agent episode under `deadline_s`, graded."""
+    from langchain.agents import create_agent
+    from langchain_core.messages import AIMessage
+
+    from tidal_agents.errors import EpisodeDeadlineExceeded
+
+    agent = create_agent(model=model, tools=langchain_tools(task.tools),
+                         system_prompt=SYSTEM_PROMPT)
+    messages: list[Any] = []
+    error = None
+    raised_deadline = False
+    t0 = time.monotonic()
+    with model.episode(deadline_s=deadline_s) as ep:
+        try:
+            result = agent.invoke({"messages": [("user", task.question)]},
+                                  {"recursion_limit": recursion_limit})
+            messages = list(result["messages"])
+        except EpisodeDeadlineExceeded as exc:
+            raised_deadline, error = True, f"{type(exc).__name__}: {exc}"
+        except Exception as exc:  # recursion limit, engine errors: a failed episode
+            error = f"{type(exc).__name__}: {exc}"[:300]
+    wall = time.monotonic() - t0
+    steps = _trace_steps(ep.trace)
+    grade = grade_messages(task, messages) if messages else None
+    tokens = sum(
+        int((m.usage_metadata or {}).get("total_tokens", 0))
+        for m in messages if isinstance(m, AIMessage)
+    )
+    return EpisodeOutcome(
+        task_id=task.id, policy=policy, deadline_s=deadline_s,
+        success=bool(grade and grade.success),
+        tool_result_correct=bool(grade and grade.tool_result_correct),
+        deadline_hit=raised_deadline or _cut_short(steps) or wall > deadline_s,
+        wall_s=wall, tokens=tokens, steps=len(steps),
+        tool_calls=grade.tool_calls if grade else (),
+        step_latency=tuple(step_latency_pairs(steps)),
+        strategies=tuple(str((s.get("decision") or {}).get("config", {}).get("name", ""))
+                         if isinstance((s.get("decision") or {}).get("config"), dict)
+                         else str(s.get("strategy", "")) for s in steps),
+        error=error,
+    )
+
+
+def _rel_errors(outcomes: Sequence[EpisodeOutcome]) -> list[float]:
+    return [abs(p - a) / a for o in outcomes for p, a in o.step_latency]
+
+
+def summarise(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
+    """Figures per policy and deadline, and overall."""
+    table: dict[str, dict[str, dict[str, float]]] = {}
+    for policy in sorted({o.policy for o in outcomes}):
+        table[policy] = {}
+        for d in sorted({o.deadline_s for o in outcomes}):
+            group = [o for o in outcomes if o.policy == policy and o.deadline_s == d]
+            if not group:
+                continue
+            errs = _rel_errors(group)
+            table[policy][f"{d:g}"] = {
+                "episodes": len(group),
+                "success_rate": sum(o.success for o in group) / len(group),
+                "tool_result_rate": sum(o.tool_result_correct for o in group) / len(group),
+                "deadline_hit_rate": sum(o.deadline_hit for o in group) / len(group),
+                "mean_tokens": statistics.fmean(o.tokens for o in group),
+                "mean_wall_s": statistics.fmean(o.wall_s for o in group),
+                "mean_steps": statistics.fmean(o.steps for o in group),
+                "latency_pred_median_abs_rel_error": statistics.median(errs) if errs else None,
+            }
+    errs = _rel_errors(outcomes)
+    return {
+        "per_policy": table,
+        "success_rate": {p: {d: v["success_rate"] for d, v in t.items()}
+                         for p, t in table.items()},
+        "deadline_hit_rate": {p: {d: v["deadline_hit_rate"] for d, v in t.items()}
+                              for p, t in table.items()},
+        "mean_tokens": {p: {d: v["mean_tokens"] for d, v in t.items()} for p, t in table.items()},
+        "latency_pred_median_abs_rel_error": statistics.median(errs) if errs else None,
+        "latency_pred_steps": len(errs),
+        "episodes": len(outcomes),
+    }
+
+
+def policies(max_tokens: int, quick: bool) -> dict[str, Any]:
+    """name -> StrategyConfig (None = adaptive)."""
+    from tidal_agents.allocation import default_grid
+
+    grid = {c.name: c for c in default_grid(max_tokens=max_tokens)}
+    names = STATIC_POLICIES[:2] if quick else STATIC_POLICIES
+    out: dict[str, Any] = {"adaptive": None}
+    out.update({n: grid[n] for n in names if n in grid})
+    return out
+
+
+def run(config: Any = None, args: Any = None) -> dict[str, Any]:
+    """Entry point of `tidal-agents bench episodes`."""
+    from tqdm import tqdm
+
+    from tidal_agents.chat_model import TidalChatModel
+
+    quick = bool(getattr(args, "quick", False))
+    max_tokens = int(getattr(args, "max_tokens", 64) or 64)
+    deadlines = tuple(getattr(args, "deadlines", None) or ((15.0, 45.0) if quick
+                                                          else (10.0, 30.0, 90.0)))
+    tasks = agent_tasks(int(getattr(args, "tasks", 0) or (3 if quick else 10)), seed=0)
+    pols = policies(max_tokens, quick)
+    models = {
+        name: TidalChatModel(max_tokens=max_tokens, strategy=cfg, engine_config=config)
+        for name, cfg in pols.items()
+    }
+    outcomes = []
+    plan = [(t, d, p) for d in deadlines for t in tasks for p in pols]
+    for task, deadline, policy in tqdm(plan, desc="episodes", file=sys.stderr):
+        outcomes.append(run_episode(models[policy], task, deadline, policy))
+    summary = summarise(outcomes)
+    summary["deadlines_s"] = list(deadlines)
+    summary["tasks"] = len(tasks)
+    summary["policies"] = {n: (c.name if c else "adaptive") for n, c in pols.items()}
+    out_path = getattr(args, "episodes_out", None)
+    if out_path:
+        with open(out_path, "w", encoding="utf-8") as fh:
+            for o in outcomes:
+                fh.write(json.dumps(asdict(o)) + "\n")
+    return summary
