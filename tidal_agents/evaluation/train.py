@@ -188,6 +188,9 @@ def train(
         "test_fraction": test_fraction,
         "split_seed": seed,
         "estimator": estimator,
+        #: the configurations the predictor has seen; others are extrapolation
+        "configs": sorted({r["config"] for r in train_rows}),
+        "tasks": sorted({r.get("task", "?") for r in train_rows}),
         "brier_trained": brier(pred, label),
         "brier_per_config_mean": brier(per_config, label),
         "brier_prior": brier(prior, label),
