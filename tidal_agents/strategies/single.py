@@ -1,0 +1,36 @@
+"""One sample: greedy at temperature 0, otherwise one draw at the configured temperature.
+
+The baseline every other strategy is measured against, and the only one whose
+tokens can stream to the caller as they are generated.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tidal_agents.engine.local import TokenCallback
+from tidal_agents.engine.types import Engine
+from tidal_agents.strategies._common import CostMeter, request_for, to_candidate
+from tidal_agents.strategies.base import StepInput, StrategyConfig, StrategyResult
+
+
+async def single(
+    engine: Engine,
+    step: StepInput,
+    config: StrategyConfig,
+    deadline: float | None = None,
+    on_token: TokenCallback | None = None,
+    **_: Any,
+) -> StrategyResult:
+    meter = CostMeter()
+    # A past deadline still issues the request with a tiny timeout: vLLM aborts at
+    # once and we return the (possibly empty) partial sample rather than raise.
+    result = meter.add(await engine.generate(request_for(step, config, deadline), on_token))
+    candidate = to_candidate(result.samples[0], step)
+    return StrategyResult(
+        selected=candidate,
+        candidates=(candidate,),
+        cost=meter.record(cut_short=result.timed_out),
+        config=config,
+        details={"greedy": config.temperature == 0},
+    )
