@@ -219,8 +219,8 @@ def main(argv: list[str] | None = None) -> int:
     predictor, report = train(rows, args.test_fraction, args.seed, args.estimator)
     model_out = args.model_out or data_dir() / DEFAULT_PREDICTOR_FILE
     predictor.save(model_out)
-    report["model"] = str(model_out)
-    report["outcome_files"] = [str(f) for f in (args.outcomes or default_outcome_files())]
+    report["model"] = model_out.name
+    report["outcome_files"] = [Path(f).name for f in (args.outcomes or default_outcome_files())]
     model_out.with_name(REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
     title = (f"held-out reliability (Brier {report['brier_trained']:.3f}; "
              f"per-config mean {report['brier_per_config_mean']:.3f})")
