@@ -85,3 +85,30 @@ def test_run_end_to_end_from_outcomes(tmp_path: Path) -> None:
     assert out["adaptive_at_matched_tokens"]["tokens"] <= out["static_best"]["tokens"] + 1e-9
     assert len(out["plots"]) == 2 and all(Path(p).exists() for p in out["plots"])
     json.dumps(out)  # the --json output must serialise
+
+
+def test_run_on_committed_outcomes(tmp_path: Path) -> None:
+    """The shipped outcome set and predictor: all figures, consistent, well under 5 minutes."""
+    import time
+
+    class Args:
+        outcomes = None
+        plot_dir = tmp_path
+        quick = False
+
+    t0 = time.perf_counter()
+    out = bench.run(None, Args())
+    assert time.perf_counter() - t0 < 300
+    assert out["predictor"].startswith("shipped")
+    assert out["held_out_queries"] >= 40
+    static_acc = [p["accuracy"] for p in out["static"].values()]
+    assert out["static_best"]["accuracy"] == max(static_acc)
+    assert out["oracle"]["accuracy"] >= max(static_acc)
+    assert out["oracle"]["tokens"] <= out["static_best"]["tokens"]
+    for key in ("adaptive_at_matched_latency", "adaptive_at_matched_tokens"):
+        point = out[key]
+        assert point["latency_s" if "latency" in key else "tokens"] <= (
+            out["static_best"]["latency_s" if "latency" in key else "tokens"] + 1e-9)
+        gap = out[key.replace("adaptive_at", "gap_closed_at")]
+        oracle, static = out["oracle"]["accuracy"], out["static_best"]["accuracy"]
+        assert gap == pytest.approx((point["accuracy"] - static) / (oracle - static))
