@@ -49,7 +49,7 @@ def build_graph(model: TidalChatModel) -> Any:
     return graph.compile()
 
 
-def run(deadline_s: float = 60.0, question: str = "Convert 42 km to miles.") -> dict:
+def run(deadline_s: float = 60.0, question: str = "What is 15 times 4?") -> dict:
     model = TidalChatModel(max_tokens=64)
     app = build_graph(model)
     # The episode is declared in RunnableConfig: no code change inside the graph.

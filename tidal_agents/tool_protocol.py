@@ -104,6 +104,14 @@ def parse_tool_choice(tool_choice: Any, specs: list[ToolSpec]) -> ToolChoice:
     raise TidalConfigError(f"tool_choice={tool_choice!r} is not supported; allowed: {allowed}.")
 
 
+_ANSWER_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {"answer": {"type": "string"}},
+    "required": ["answer"],
+    "additionalProperties": False,
+}
+
+
 def _call_schema(spec: ToolSpec) -> dict[str, Any]:
     return {
         "type": "object",
@@ -133,16 +141,14 @@ def reply_grammar(
             }
         )
     if choice.mode == "auto":
-        options.append(
-            {
-                "type": "object",
-                "properties": {"answer": {"type": "string"}},
-                "required": ["answer"],
-                "additionalProperties": False,
-            }
-        )
+        options.append(_ANSWER_SCHEMA)
     schema = options[0] if len(options) == 1 else {"anyOf": options}
     return GuidedDecoding(json_schema=schema)
+
+
+def answer_grammar() -> GuidedDecoding:
+    """Admits only {"answer": "..."}: used when a step must answer, not call."""
+    return GuidedDecoding(json_schema=_ANSWER_SCHEMA)
 
 
 def tools_system_prompt(specs: list[ToolSpec], choice: ToolChoice, parallel: bool) -> str:
@@ -155,7 +161,9 @@ def tools_system_prompt(specs: list[ToolSpec], choice: ToolChoice, parallel: boo
     lines.append("")
     lines.append('To call a tool, reply with JSON: {"name": "<tool name>", "arguments": {...}}.')
     if parallel:
-        lines.append('To call several tools at once: {"tool_calls": [{"name": ..., "arguments": ...}]}.')
+        lines.append(
+            'To call several tools at once: {"tool_calls": [{"name": ..., "arguments": ...}]}.'
+        )
     if choice.mode == "auto":
         lines.append(
             'When a tool result answers the question, reply with JSON: {"answer": "<your answer>"}.'
@@ -226,7 +234,8 @@ def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
 def add_tools_prompt(chat: list[dict[str, Any]], tools_prompt: str) -> list[dict[str, Any]]:
     """Put the tool description into the (first) system message."""
     if chat and chat[0]["role"] == "system":
-        return [{"role": "system", "content": chat[0]["content"] + "\n\n" + tools_prompt}, *chat[1:]]
+        merged = chat[0]["content"] + "\n\n" + tools_prompt
+        return [{"role": "system", "content": merged}, *chat[1:]]
     return [{"role": "system", "content": tools_prompt}, *chat]
 
 
