@@ -10,11 +10,27 @@ from tidal_agents.errors import (
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name: str) -> object:
+    # Lazy: importing the package must not pull in LangChain and the allocator.
+    if name == "TidalChatModel":
+        from tidal_agents.chat_model import TidalChatModel
+
+        return TidalChatModel
+    if name == "Episode":
+        from tidal_agents.episode import Episode
+
+        return Episode
+    raise AttributeError(name)
+
+
 __all__ = [
+    "Episode",
     "EpisodeDeadlineExceeded",
     "TidalConfigError",
     "TidalEngineError",
     "TidalError",
+    "TidalChatModel",
     "TidalModelError",
     "__version__",
 ]

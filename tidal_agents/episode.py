@@ -1,0 +1,261 @@
+"""Episodes: a wall-clock deadline for a whole agent run, split into per-step
+allowances.
+
+The allowance of a step is
+
+    allowance = (remaining - safety_margin) / max(1, expected_steps - steps_done)
+
+so every step may spend its share of what is left, the last expected step (and
+any beyond) may spend all of it, and because each step is hard-limited to its
+allowance (the strategy aborts inside vLLM), the allowances of an episode never
+sum past ``deadline - safety_margin``.
+
+An episode is found by the chat model through a context variable (``with
+model.episode(...)``), so threads and asyncio tasks never share one by accident.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import math
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+from tidal_agents.allocation.controller import StepDecision, check_lambda, decide
+from tidal_agents.allocation.cost_model import CostModel
+from tidal_agents.allocation.features import StepFeatures
+from tidal_agents.allocation.grid import default_grid
+from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
+from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.trace import JsonlWriter, Trace
+from tidal_agents.trace.records import StepRecord
+
+_CURRENT: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
+    "tidal_episode", default=None
+)
+
+#: keys accepted in RunnableConfig["configurable"]
+CONFIG_KEYS = {
+    "tidal_deadline_s": "deadline_s",
+    "tidal_lambda_tokens": "lambda_tokens",
+    "tidal_lambda_latency": "lambda_latency",
+    "tidal_trace_path": "trace_path",
+    "tidal_expected_steps": "expected_steps",
+    "tidal_safety_margin_s": "safety_margin_s",
+    "tidal_on_deadline": "on_deadline",
+    "tidal_episode_id": None,  # ties steps together; not an Episode argument
+}
+
+
+def current_episode() -> Episode | None:
+    """The episode active in this thread / task, if any."""
+    return _CURRENT.get()
+
+
+class Episode:
+    """A deadline for one agent episode, its allocation settings and its trace.
+
+    Args:
+        deadline_s: wall-clock seconds for the whole episode, > 0.
+        lambda_tokens: utility price of one token.
+        lambda_latency: utility price of one second.
+        safety_margin_s: kept back from the deadline for the agent's own work
+            between model calls (tools, graph); default 5% of the deadline, at
+            most 1 s.
+        expected_steps: model calls the episode is expected to need.
+        trace_path: JSONL file each step record is appended to (flushed per step).
+        on_deadline: "raise" -> EpisodeDeadlineExceeded when a step starts with no
+            time left; "fallback" -> run the fastest configuration with
+            ``fallback_allowance_s`` (a bounded overrun, recorded in the trace).
+        grid: configurations to choose among (default: allocation.default_grid()).
+    """
+
+    def __init__(
+        self,
+        deadline_s: float,
+        lambda_tokens: float = 1e-4,
+        lambda_latency: float = 0.05,
+        safety_margin_s: float | None = None,
+        expected_steps: int = 3,
+        trace_path: str | Path | None = None,
+        on_deadline: Literal["raise", "fallback"] = "raise",
+        fallback_allowance_s: float = 1.0,
+        grid: Sequence[StrategyConfig] | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if (
+            not isinstance(deadline_s, (int, float))
+            or isinstance(deadline_s, bool)
+            or not math.isfinite(deadline_s)
+            or deadline_s <= 0
+        ):
+            raise TidalConfigError(f"deadline_s={deadline_s!r}: allowed is a finite number > 0.")
+        self.lambda_tokens = check_lambda("lambda_tokens", lambda_tokens)
+        self.lambda_latency = check_lambda("lambda_latency", lambda_latency)
+        margin = min(1.0, 0.05 * deadline_s) if safety_margin_s is None else safety_margin_s
+        if not isinstance(margin, (int, float)) or not 0 <= margin < deadline_s:
+            raise TidalConfigError(
+                f"safety_margin_s={safety_margin_s!r}: allowed is 0 <= margin < deadline_s."
+            )
+        if not isinstance(expected_steps, int) or isinstance(expected_steps, bool) or (
+            expected_steps < 1
+        ):
+            raise TidalConfigError(f"expected_steps={expected_steps!r}: allowed is an int >= 1.")
+        if on_deadline not in ("raise", "fallback"):
+            raise TidalConfigError(
+                f"on_deadline={on_deadline!r}: allowed are 'raise' and 'fallback'."
+            )
+        if not math.isfinite(fallback_allowance_s) or fallback_allowance_s <= 0:
+            raise TidalConfigError(
+                f"fallback_allowance_s={fallback_allowance_s!r}: allowed is a number > 0."
+            )
+        self.deadline_s = float(deadline_s)
+        self.safety_margin_s = float(margin)
+        self.expected_steps = expected_steps
+        self.on_deadline = on_deadline
+        self.fallback_allowance_s = float(fallback_allowance_s)
+        self.grid = tuple(grid) if grid else None
+        self.id = uuid.uuid4().hex[:12]
+        self._clock = clock
+        self.started = clock()
+        self.started_wall = time.time()
+        self.trace = Trace()
+        self.trace.deadline_s = self.deadline_s
+        self.trace.started_at = self.started_wall
+        self.writer = JsonlWriter(trace_path) if trace_path else None
+        self.finished = False
+        self._lock = threading.Lock()
+        self._next_step = 0
+        self._steps_done = 0
+        self._tokens: list[contextvars.Token[Episode | None]] = []
+
+    # -------------------------------------------------------------- timing
+    @property
+    def deadline(self) -> float:
+        """The deadline as an absolute ``time.monotonic()`` value."""
+        return self.started + self.deadline_s
+
+    def elapsed_s(self) -> float:
+        return self._clock() - self.started
+
+    def remaining_s(self) -> float:
+        return self.deadline - self._clock()
+
+    def allowance_s(self) -> float:
+        """Seconds the next step may spend (0 when the time is up)."""
+        usable = self.remaining_s() - self.safety_margin_s
+        if usable <= 0:
+            return 0.0
+        with self._lock:
+            steps_left = max(1, self.expected_steps - self._steps_done)
+        return usable / steps_left
+
+    def next_step_index(self) -> int:
+        with self._lock:
+            index = self._next_step
+            self._next_step += 1
+            return index
+
+    # ------------------------------------------------------------ deciding
+    def decide(
+        self,
+        features: StepFeatures,
+        cost_model: CostModel,
+        predictor: Any,
+        grid: Sequence[StrategyConfig] | None = None,
+    ) -> StepDecision:
+        """The step's decision under its allowance (see the module docstring)."""
+        grid = tuple(grid or self.grid or default_grid())
+        allowance = self.allowance_s()
+        if allowance <= 0:
+            if self.on_deadline == "raise":
+                raise EpisodeDeadlineExceeded(
+                    f"Episode {self.id}: its {self.deadline_s:g} s deadline leaves no time for "
+                    f"step {features.step_index} ({self.remaining_s():.2f} s left, safety "
+                    f"margin {self.safety_margin_s:.2f} s). Raise deadline_s, or pass "
+                    "on_deadline='fallback' to run the fastest configuration anyway."
+                )
+            fastest = decide(features, grid, cost_model, predictor,
+                             self.lambda_tokens, self.lambda_latency, 0.0)
+            return StepDecision(
+                config=fastest.config,
+                reason=f"deadline passed: fallback to the fastest configuration "
+                       f"({fastest.config.name}) for at most {self.fallback_allowance_s:g} s",
+                allowance_s=self.fallback_allowance_s,
+                candidates=fastest.candidates,
+                predictor_kind=fastest.predictor_kind,
+                lambda_tokens=fastest.lambda_tokens,
+                lambda_latency=fastest.lambda_latency,
+                decision_time_s=fastest.decision_time_s,
+                any_fits=False,
+            )
+        return decide(features, grid, cost_model, predictor,
+                      self.lambda_tokens, self.lambda_latency, allowance)
+
+    def record(self, record: StepRecord) -> None:
+        """Append a step record to the trace and, if set, to the JSONL file."""
+        with self._lock:
+            self._steps_done += 1
+        self.trace.append(record)
+        if self.writer is not None:
+            self.writer.write(record)
+
+    # ------------------------------------------------------ context manager
+    @contextlib.contextmanager
+    def activate(self) -> Iterator[Episode]:
+        """Make this the current episode for the block without finishing it."""
+        token = _CURRENT.set(self)
+        try:
+            yield self
+        finally:
+            _CURRENT.reset(token)
+
+    def __enter__(self) -> Episode:
+        self._tokens.append(_CURRENT.set(self))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        _CURRENT.reset(self._tokens.pop())
+        self.finished = True
+
+    async def __aenter__(self) -> Episode:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.__exit__(*exc)
+
+    # --------------------------------------------------------- from config
+    @classmethod
+    def from_config(
+        cls, configurable: dict[str, Any], grid: Sequence[StrategyConfig] | None = None
+    ) -> Episode | None:
+        """Build from RunnableConfig["configurable"] keys (``tidal_deadline_s`` ...).
+
+        Returns None when no ``tidal_*`` key is present.
+        """
+        ours = {k: v for k, v in configurable.items() if str(k).startswith("tidal_")}
+        if not ours:
+            return None
+        unknown = sorted(set(ours) - set(CONFIG_KEYS))
+        if unknown:
+            raise TidalConfigError(
+                f"Unknown configurable key(s) {unknown}; allowed: {sorted(CONFIG_KEYS)}."
+            )
+        if "tidal_deadline_s" not in ours:
+            raise TidalConfigError(
+                "configurable has tidal_* keys but no 'tidal_deadline_s'; an episode needs "
+                "a deadline in seconds."
+            )
+        kwargs = {CONFIG_KEYS[k]: v for k, v in ours.items() if CONFIG_KEYS[k] is not None}
+        return cls(grid=grid, **kwargs)
+
+    def __repr__(self) -> str:
+        return (
+            f"Episode(id={self.id!r}, deadline_s={self.deadline_s:g}, "
+            f"remaining_s={self.remaining_s():.2f}, steps={len(self.trace)})"
+        )
