@@ -1,0 +1,200 @@
+"""The per-step decision: which configuration to run within the step's allowance.
+
+utility(m) = acc_hat(m) - lambda_T * tokens_hat(m) - lambda_L * latency_hat(m)
+(FINDINGS section 1), maximised over the configurations whose predicted latency
+fits the allowance. When none fits, the fastest one runs (an agent step must
+produce something; the strategy itself stops at the deadline).
+
+`decide` is a pure function of its inputs (the clock is read only to report how
+long deciding took), so a trace can be replayed exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tidal_agents.allocation.cost_model import CostModel
+from tidal_agents.allocation.features import StepFeatures
+from tidal_agents.allocation.predictor import AccuracyPredictor
+from tidal_agents.errors import TidalConfigError
+from tidal_agents.strategies.base import StrategyConfig
+
+
+@dataclass(frozen=True)
+class CandidateEstimate:
+    """The controller's view of one configuration for one step."""
+
+    name: str
+    config: StrategyConfig
+    accuracy: float
+    tokens: float
+    latency_s: float
+    utility: float
+    fits: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "strategy": self.config.strategy,
+            "n": self.config.n,
+            "selector": self.config.selector,
+            "accuracy": self.accuracy,
+            "tokens": self.tokens,
+            "latency_s": self.latency_s,
+            "utility": self.utility,
+            "fits": self.fits,
+        }
+
+
+@dataclass(frozen=True)
+class StepDecision:
+    """What the controller chose for one step, and everything it weighed."""
+
+    config: StrategyConfig
+    reason: str
+    allowance_s: float
+    candidates: tuple[CandidateEstimate, ...]
+    predictor_kind: str
+    lambda_tokens: float
+    lambda_latency: float
+    decision_time_s: float
+    #: False when no configuration's predicted latency fit the allowance
+    any_fits: bool = True
+
+    @property
+    def chosen(self) -> CandidateEstimate:
+        name = self.config.name
+        return next(c for c in self.candidates if c.name == name)
+
+    @property
+    def predicted_latency_s(self) -> float:
+        return self.chosen.latency_s
+
+    @property
+    def predicted_tokens(self) -> float:
+        return self.chosen.tokens
+
+    @property
+    def predicted_accuracy(self) -> float:
+        return self.chosen.accuracy
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready form stored in trace records."""
+        return {
+            "chosen": self.config.name,
+            "config": asdict(self.config),
+            "reason": self.reason,
+            "allowance_s": _json_float(self.allowance_s),
+            "any_fits": self.any_fits,
+            "predictor_kind": self.predictor_kind,
+            "lambda_tokens": self.lambda_tokens,
+            "lambda_latency": self.lambda_latency,
+            "decision_time_s": self.decision_time_s,
+            "predicted_accuracy": self.predicted_accuracy,
+            "predicted_tokens": self.predicted_tokens,
+            "predicted_latency_s": self.predicted_latency_s,
+            "candidates": [c.to_dict() for c in self.candidates],
+        }
+
+
+def check_lambda(name: str, value: Any) -> float:
+    """A price: a finite number >= 0 (NaN, inf, negatives and bools are refused)."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or not math.isfinite(value)
+        or value < 0
+    ):
+        raise TidalConfigError(f"{name}={value!r}: allowed is a finite number >= 0.")
+    return float(value)
+
+
+def check_allowance(value: Any) -> float:
+    """Seconds >= 0; math.inf means no deadline."""
+    if (
+        not isinstance(value, (int, float))
+        or isinstance(value, bool)
+        or math.isnan(value)
+        or value < 0
+    ):
+        raise TidalConfigError(
+            f"allowance_s={value!r}: allowed is a number >= 0 (math.inf for no deadline)."
+        )
+    return float(value)
+
+
+def decide(
+    features: StepFeatures,
+    grid: Sequence[StrategyConfig],
+    cost_model: CostModel,
+    predictor: AccuracyPredictor,
+    lambda_tokens: float,
+    lambda_latency: float,
+    allowance_s: float,
+) -> StepDecision:
+    """Choose the configuration of maximum utility among those that fit `allowance_s`.
+
+    Ties go to the lower predicted latency, then to the earlier grid entry.
+    """
+    t0 = time.perf_counter()
+    lt = check_lambda("lambda_tokens", lambda_tokens)
+    ll = check_lambda("lambda_latency", lambda_latency)
+    allowance = check_allowance(allowance_s)
+    if not grid:
+        raise TidalConfigError("The allocation grid is empty; pass at least one StrategyConfig.")
+    accs = predictor.predict(features, grid)
+    if len(accs) != len(grid):
+        raise TidalConfigError(
+            f"The accuracy predictor returned {len(accs)} values for {len(grid)} configurations."
+        )
+    cands = []
+    for config, acc in zip(grid, accs, strict=True):
+        cost = cost_model.predict(config, features)
+        cands.append(
+            CandidateEstimate(
+                name=config.name,
+                config=config,
+                accuracy=acc,
+                tokens=cost.tokens,
+                latency_s=cost.latency_s,
+                utility=acc - lt * cost.tokens - ll * cost.latency_s,
+                fits=cost.latency_s <= allowance,
+            )
+        )
+    order = range(len(cands))
+    fitting = [i for i in order if cands[i].fits]
+    if fitting:
+        best = min(fitting, key=lambda i: (-cands[i].utility, cands[i].latency_s, i))
+        c = cands[best]
+        reason = (
+            f"max utility among {len(fitting)}/{len(cands)} configurations fitting the "
+            f"allowance {allowance:.2f}s: {c.name} (acc {c.accuracy:.2f}, "
+            f"{c.tokens:.0f} tok, {c.latency_s:.2f}s, utility {c.utility:.3f})"
+        )
+    else:
+        best = min(order, key=lambda i: (cands[i].latency_s, i))
+        c = cands[best]
+        reason = (
+            f"none fits the allowance {allowance:.2f}s: running the fastest, {c.name} "
+            f"({c.latency_s:.2f}s predicted)"
+        )
+    return StepDecision(
+        config=c.config,
+        reason=reason,
+        allowance_s=allowance,
+        candidates=tuple(cands),
+        predictor_kind=str(getattr(predictor, "kind", "unknown")),
+        lambda_tokens=lt,
+        lambda_latency=ll,
+        decision_time_s=time.perf_counter() - t0,
+        any_fits=bool(fitting),
+    )
+
+
+def _json_float(x: float) -> float | None:
+    # JSON has no infinity: an unlimited allowance is written as null
+    return x if math.isfinite(x) else None

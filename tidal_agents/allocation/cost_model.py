@@ -1,0 +1,361 @@
+"""Predicted tokens and latency of a decoding configuration on this backend.
+
+The paper used per-configuration training means; we need per-step predictions
+(prompt length and prefix-cache hits vary along an agent episode) and they must
+follow the machine's load, so the model is parametric and learns online.
+
+Latency of one strategy run::
+
+    latency = calls * overhead_s
+            + prefill_s_per_token * prefill_tokens
+            + decode_step_s * decode_steps        # one batched forward per step
+            + decode_token_s * generated_tokens   # extra cost of each live sequence
+
+A batch of ``n`` sequences that all run ``S`` steps generates ``G = n * S``
+tokens, so a decode step costs ``decode_step_s + decode_token_s * n``: parallel
+samples are NOT assumed free; calibration measures ``decode_token_s``.
+Sequences of one batch stop at different lengths; the batch lasts as long as its
+longest sample, which we model as ``mean * (1 + length_spread * ln n)``.
+
+Per strategy (``e`` = expected new tokens per sequence, capped by max_tokens):
+
+- single: 1 call, S = e, G = e.
+- best_of_n: 1 call, G = n e, S = longest of n. Adaptive: waves of 2, 2, 4, 8 ...
+  new samples (cumulative doubling) run one after another: conservative.
+- beam (step-level, batched sampling): each round samples ``expansions`` per
+  live beam for one segment of ``beam_segment_tokens``; rounds = ceil(e / seg);
+  S = e, G = n * expansions * e; each round re-prefills the beams' new segment.
+- vllm_beam: vLLM's Python beam loop issues one request per token: e calls of
+  ``vllm_beam_token_overhead_s`` plus a 2n-sequence decode step each.
+
+Online correction: prediction = physics(params) * load_factor * config_factor[name].
+Each measured run moves both factors toward the observation in log space
+(``load_factor`` by ``load_rate``: the machine got busier for everyone;
+``config_factor`` by ``config_rate``: the physics is off for this configuration).
+Per-sequence output length is learned per answer kind (EWMA).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import re
+import tempfile
+import threading
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tidal_agents.allocation.features import ANSWER_KINDS, StepFeatures
+from tidal_agents.errors import TidalConfigError
+from tidal_agents.paths import calibration_dir
+from tidal_agents.strategies.base import CostRecord, StrategyConfig
+
+_FORMAT_VERSION = 1
+#: correction factors are clamped here: one wild measurement must not poison the model
+_FACTOR_MIN, _FACTOR_MAX = 0.1, 10.0
+
+
+@dataclass(frozen=True)
+class CostParams:
+    """The physical parameters of a backend (seconds, tokens).
+
+    Defaults: measured on this project's 2-core AVX-512 CPU, in-process vLLM
+    (eager, bf16), SmolLM2-135M-Instruct, by ``calibrate()`` (see the report in
+    shared notes). FINDINGS section 3: n=1 x 64 tokens ~1.7 s, n=8 ~2.2 s.
+    """
+
+    overhead_s: float = 0.05
+    prefill_s_per_token: float = 0.0009
+    decode_step_s: float = 0.024
+    decode_token_s: float = 0.0011
+    length_spread: float = 0.15
+    beam_segment_tokens: int = 32
+    vllm_beam_token_overhead_s: float = 0.15
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if (
+                not isinstance(value, (int, float))
+                or isinstance(value, bool)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise TidalConfigError(
+                    f"CostParams.{name}={value!r}: allowed is a finite value >= 0."
+                )
+        if self.beam_segment_tokens < 1:
+            raise TidalConfigError(
+                f"beam_segment_tokens={self.beam_segment_tokens!r}: allowed is an integer >= 1."
+            )
+
+
+@dataclass(frozen=True)
+class CostPrediction:
+    """Predicted spend of one configuration on one step."""
+
+    tokens: float  # generated tokens, all samples (what lambda_T prices)
+    latency_s: float
+
+
+@dataclass(frozen=True)
+class RunShape:
+    """How a configuration's work decomposes (before load corrections)."""
+
+    calls: float
+    prefill_tokens: float
+    decode_steps: float
+    generated_tokens: float
+
+
+#: prior new tokens per sequence when the step does not say (learned online)
+DEFAULT_OUTPUT_TOKENS: dict[str, float] = {"text": 96.0, "math": 128.0, "tool_call": 40.0}
+
+
+@dataclass
+class CostModel:
+    """Parametric latency/token model of one backend, corrected online.
+
+    Thread-safe: `update` may run while other threads `predict`.
+    """
+
+    params: CostParams = field(default_factory=CostParams)
+    load_factor: float = 1.0
+    config_factors: dict[str, float] = field(default_factory=dict)
+    output_tokens: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_OUTPUT_TOKENS))
+    load_rate: float = 0.15
+    config_rate: float = 0.25
+    tokens_rate: float = 0.2
+    backend_id: str | None = None
+    updates: int = 0
+    #: where the parameters came from: "prior" or "calibrated"
+    source: str = "prior"
+    #: calibration fit summary (R^2, mean relative error, samples), if calibrated
+    fit: dict[str, float] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("load_rate", "config_rate", "tokens_rate"):
+            value = getattr(self, name)
+            if not _finite(value) or not 0 <= value < 1:
+                raise TidalConfigError(f"{name}={value!r}: allowed is 0 <= {name} < 1.")
+        if self.load_rate + self.config_rate >= 1:
+            # both factors move on one residual: together they must not overshoot it
+            raise TidalConfigError(
+                f"load_rate + config_rate = {self.load_rate + self.config_rate}: allowed is < 1."
+            )
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ priors
+    @classmethod
+    def default(cls, backend_id: str | None = None) -> CostModel:
+        """Documented priors for the 2-core CPU (see `CostParams`)."""
+        return cls(params=CostParams(), backend_id=backend_id, source="prior")
+
+    # -------------------------------------------------------------- prediction
+    def expected_output_tokens(self, config: StrategyConfig, features: StepFeatures) -> float:
+        """New tokens per sequence: the step's own estimate, else the learned mean."""
+        e = features.expected_output_tokens
+        expected = float(e) if e is not None else self.output_tokens[features.answer_kind]
+        return max(1.0, min(float(config.max_tokens), expected))
+
+    def shape(self, config: StrategyConfig, features: StepFeatures, per_seq: float) -> RunShape:
+        """The work of `config` when each sequence generates `per_seq` new tokens."""
+        p = self.params
+        uncached = float(features.uncached_prompt_tokens)
+        n = config.n
+        if config.strategy == "single":
+            return RunShape(1.0, uncached, per_seq, per_seq)
+        if config.strategy == "best_of_n":
+            if not config.adaptive or n <= 2:
+                return RunShape(1.0, uncached, self._longest(per_seq, n, config), n * per_seq)
+            waves = _waves(n)
+            steps = sum(self._longest(per_seq, w, config) for w in waves)
+            # later waves hit the prefix cache for the prompt
+            return RunShape(float(len(waves)), uncached, steps, n * per_seq)
+        if config.strategy == "beam":
+            seqs = n * config.expansions
+            rounds = math.ceil(per_seq / p.beam_segment_tokens)
+            return RunShape(
+                float(rounds), uncached + n * per_seq, per_seq, seqs * per_seq
+            )
+        # vllm_beam: one request per token, 2n candidate sequences per step
+        return RunShape(per_seq, uncached + n * per_seq, per_seq, 2 * n * per_seq)
+
+    def _longest(self, per_seq: float, n: int, config: StrategyConfig) -> float:
+        spread = 1 + self.params.length_spread * math.log(n)
+        return min(float(config.max_tokens), per_seq * spread)
+
+    def physics_latency(self, config: StrategyConfig, shape: RunShape) -> float:
+        """Latency from the parameters alone (no load corrections)."""
+        p = self.params
+        call_overhead = p.overhead_s
+        if config.strategy == "vllm_beam":
+            call_overhead += p.vllm_beam_token_overhead_s
+        return (
+            shape.calls * call_overhead
+            + p.prefill_s_per_token * shape.prefill_tokens
+            + p.decode_step_s * shape.decode_steps
+            + p.decode_token_s * shape.generated_tokens
+        )
+
+    def predict(self, config: StrategyConfig, features: StepFeatures) -> CostPrediction:
+        """Predicted generated tokens and wall-clock seconds of `config` on this step."""
+        per_seq = self.expected_output_tokens(config, features)
+        shape = self.shape(config, features, per_seq)
+        factor = self.load_factor * self.config_factors.get(config.name, 1.0)
+        return CostPrediction(
+            tokens=shape.generated_tokens,
+            latency_s=self.physics_latency(config, shape) * factor,
+        )
+
+    # ------------------------------------------------------------------ update
+    def update(self, config: StrategyConfig, features: StepFeatures, cost: CostRecord) -> None:
+        """Move the model toward one measured run (exponentially weighted).
+
+        Cut-short runs are censored: their wall time is a lower bound, so they
+        only ever raise the prediction. Runs that spent nothing are ignored.
+        """
+        if cost.engine_calls <= 0 or cost.wall_s <= 0 or cost.generated_tokens <= 0:
+            return
+        seqs = _sequences(config)
+        actual_per_seq = cost.generated_tokens / seqs
+        with self._lock:
+            if features.expected_output_tokens is None and not cost.cut_short:
+                kind = features.answer_kind
+                old = self.output_tokens[kind]
+                self.output_tokens[kind] = old + self.tokens_rate * (actual_per_seq - old)
+            # the speed residual is judged at the length that really happened, so a
+            # length surprise is not mistaken for a slower machine
+            per_seq = max(1.0, min(actual_per_seq, float(config.max_tokens)))
+            base = self.physics_latency(config, self.shape(config, features, per_seq))
+            if base <= 0:
+                return
+            cfg = self.config_factors.get(config.name, 1.0)
+            residual = math.log(cost.wall_s / (base * self.load_factor * cfg))
+            if cost.cut_short and residual < 0:
+                return
+            self.load_factor = _clamp(self.load_factor * math.exp(self.load_rate * residual))
+            self.config_factors[config.name] = _clamp(cfg * math.exp(self.config_rate * residual))
+            self.updates += 1
+
+    # --------------------------------------------------------------- persistence
+    def to_dict(self) -> dict[str, Any]:
+        with self._lock:
+            return {
+                "format_version": _FORMAT_VERSION,
+                "backend_id": self.backend_id,
+                "source": self.source,
+                "params": asdict(self.params),
+                "load_factor": self.load_factor,
+                "config_factors": dict(self.config_factors),
+                "output_tokens": dict(self.output_tokens),
+                "load_rate": self.load_rate,
+                "config_rate": self.config_rate,
+                "tokens_rate": self.tokens_rate,
+                "updates": self.updates,
+                "fit": dict(self.fit),
+            }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CostModel:
+        if data.get("format_version") != _FORMAT_VERSION:
+            raise TidalConfigError(
+                f"Cost model format_version={data.get('format_version')!r}: "
+                f"this version reads {_FORMAT_VERSION}; re-run `tidal-agents calibrate`."
+            )
+        try:
+            params = CostParams(**data["params"])
+            output_tokens = dict(DEFAULT_OUTPUT_TOKENS)
+            output_tokens.update({k: float(v) for k, v in data.get("output_tokens", {}).items()
+                                  if k in ANSWER_KINDS})
+            return cls(
+                params=params,
+                load_factor=float(data.get("load_factor", 1.0)),
+                config_factors={
+                    str(k): float(v) for k, v in data.get("config_factors", {}).items()
+                },
+                output_tokens=output_tokens,
+                load_rate=float(data.get("load_rate", 0.15)),
+                config_rate=float(data.get("config_rate", 0.25)),
+                tokens_rate=float(data.get("tokens_rate", 0.2)),
+                backend_id=data.get("backend_id"),
+                updates=int(data.get("updates", 0)),
+                source=str(data.get("source", "prior")),
+                fit={str(k): float(v) for k, v in data.get("fit", {}).items()},
+            )
+        except (KeyError, TypeError) as exc:
+            raise TidalConfigError(f"Malformed cost model file: {exc}") from exc
+
+    def save(self, path: str | Path | None = None) -> Path:
+        """Write JSON atomically (to `default_path(backend_id)` when no path)."""
+        if path is None:
+            if self.backend_id is None:
+                raise TidalConfigError("save() without a path needs a backend_id on the model.")
+            path = default_path(self.backend_id)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=target.name, suffix=".tmp")
+        with os.fdopen(fd, "w") as fh:
+            json.dump(self.to_dict(), fh, indent=2, sort_keys=True)
+        os.replace(tmp, target)  # readers never see a half-written file
+        return target
+
+    @classmethod
+    def load(cls, path: str | Path) -> CostModel:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as exc:
+            raise TidalConfigError(f"Cost model file {path} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data)
+
+    @classmethod
+    def for_backend(cls, backend_id: str) -> CostModel:
+        """The saved calibration of `backend_id`, else the documented priors."""
+        path = default_path(backend_id)
+        if path.exists():
+            return cls.load(path)
+        return cls.default(backend_id)
+
+    def copy(self) -> CostModel:
+        return CostModel.from_dict(self.to_dict())
+
+    def with_params(self, params: CostParams) -> CostModel:
+        clone = self.copy()
+        clone.params = replace(params)
+        return clone
+
+
+def default_path(backend_id: str) -> Path:
+    """calibration_dir()/<readable slug>-<hash>.json for one backend id."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", backend_id).strip("_")[:80]
+    digest = hashlib.sha256(backend_id.encode()).hexdigest()[:10]
+    return calibration_dir() / f"cost-{slug}-{digest}.json"
+
+
+def _sequences(config: StrategyConfig) -> float:
+    """Sequences that generate tokens over a run (to turn totals into per-sequence)."""
+    if config.strategy == "beam":
+        return float(config.n * config.expansions)
+    if config.strategy == "vllm_beam":
+        return float(2 * config.n)
+    return float(config.n)
+
+
+def _waves(n: int) -> list[int]:
+    """Adaptive best-of-n: new samples per wave for cumulative 2, 4, 8, ... up to n."""
+    waves, total = [2], 2
+    while total < n:
+        step = min(total, n - total)
+        waves.append(step)
+        total += step
+    return waves
+
+
+def _clamp(x: float) -> float:
+    return min(_FACTOR_MAX, max(_FACTOR_MIN, x))
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)

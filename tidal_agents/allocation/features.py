@@ -1,0 +1,190 @@
+"""Cheap per-step features: what the controller and its predictors know about a step.
+
+Everything here is computed from the prompt text and the agent's state in
+microseconds; nothing calls the model. The accuracy probe of the paper used
+hidden states; we start from surface features so that a decision costs well
+under a millisecond (see FINDINGS section 1).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, fields
+from typing import Any, get_args
+
+import numpy as np
+
+from tidal_agents.errors import TidalConfigError
+from tidal_agents.strategies.base import AnswerKind
+
+ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
+
+_DIGIT_RUN = re.compile(r"\d+")
+_MATH_OPS = re.compile(r"(?<![a-zA-Z])[+\-*/^=×÷]|\\frac|\\sqrt|sqrt\(|\bsum\b|\bproduct\b")
+_WORD = re.compile(r"\w+")
+
+#: the order of `StepFeatures.to_vector()` (predictors persist it to check compatibility)
+FEATURE_NAMES: tuple[str, ...] = (
+    "log_prompt_tokens",
+    "cached_fraction",
+    "log_query_chars",
+    "step_index",
+    "tools_bound",
+    "tool_choice_required",
+    "previous_tool_errors",
+    "log_expected_output_tokens",
+    "expected_output_known",
+    "kind_text",
+    "kind_math",
+    "kind_tool_call",
+    "digits",
+    "max_number_digits",
+    "numbers",
+    "has_math_ops",
+    "log_words",
+    "question_marks",
+)
+
+
+@dataclass(frozen=True)
+class StepFeatures:
+    """What is known about one agent step before choosing how to decode it.
+
+    Attributes:
+        prompt_tokens: tokens of the fully formatted prompt.
+        cached_prefix_tokens: estimate of the prompt prefix already in vLLM's
+            prefix cache (e.g. the previous step's prompt length).
+        query_chars: characters of the latest user/tool turn (the "question").
+        step_index: 0-based index of this model call within the episode.
+        tools_bound: number of tools bound to the model.
+        tool_choice_required: the model must call a tool.
+        previous_tool_errors: tool errors seen so far in the episode.
+        expected_output_tokens: expected new tokens per sample, None if unknown
+            (the cost model then uses its learned per-kind estimate).
+        answer_kind: how outputs are compared: "text", "math" or "tool_call".
+        digits: digit characters in the query.
+        max_number_digits: length of the longest digit run (3-digit sums are
+            much harder than 1-digit ones for a small model: FINDINGS section 4).
+        numbers: count of digit runs.
+        has_math_ops: the query contains arithmetic operators or math markup.
+        words: word count of the query.
+        question_marks: '?' characters in the query.
+    """
+
+    prompt_tokens: int
+    cached_prefix_tokens: int = 0
+    query_chars: int = 0
+    step_index: int = 0
+    tools_bound: int = 0
+    tool_choice_required: bool = False
+    previous_tool_errors: int = 0
+    expected_output_tokens: int | None = None
+    answer_kind: AnswerKind = "text"
+    digits: int = 0
+    max_number_digits: int = 0
+    numbers: int = 0
+    has_math_ops: bool = False
+    words: int = 0
+    question_marks: int = 0
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "answer_kind":
+                if value not in ANSWER_KINDS:
+                    raise TidalConfigError(
+                        f"answer_kind={value!r}: allowed are {', '.join(ANSWER_KINDS)}."
+                    )
+            elif f.name in ("tool_choice_required", "has_math_ops"):
+                if not isinstance(value, bool):
+                    raise TidalConfigError(f"{f.name}={value!r}: allowed is True or False.")
+            elif f.name == "expected_output_tokens":
+                if value is not None and (_bad_int(value) or value < 1):
+                    raise TidalConfigError(
+                        f"expected_output_tokens={value!r}: allowed is None or an integer >= 1."
+                    )
+            elif _bad_int(value) or value < 0:
+                raise TidalConfigError(f"{f.name}={value!r}: allowed is an integer >= 0.")
+        if self.cached_prefix_tokens > self.prompt_tokens:
+            raise TidalConfigError(
+                f"cached_prefix_tokens={self.cached_prefix_tokens} exceeds prompt_tokens="
+                f"{self.prompt_tokens}; allowed is 0 <= cached_prefix_tokens <= prompt_tokens."
+            )
+
+    @property
+    def uncached_prompt_tokens(self) -> int:
+        return self.prompt_tokens - self.cached_prefix_tokens
+
+    @classmethod
+    def from_text(
+        cls,
+        query_text: str,
+        *,
+        prompt_tokens: int,
+        step_index: int = 0,
+        cached_prefix_tokens: int = 0,
+        tools_bound: int = 0,
+        tool_choice_required: bool = False,
+        previous_tool_errors: int = 0,
+        expected_output_tokens: int | None = None,
+        answer_kind: AnswerKind = "text",
+    ) -> StepFeatures:
+        """Features of a step whose latest question is `query_text`."""
+        if not isinstance(query_text, str):
+            raise TidalConfigError(
+                f"query_text must be a str, got {type(query_text).__name__}."
+            )
+        runs = _DIGIT_RUN.findall(query_text)
+        return cls(
+            prompt_tokens=prompt_tokens,
+            cached_prefix_tokens=cached_prefix_tokens,
+            query_chars=len(query_text),
+            step_index=step_index,
+            tools_bound=tools_bound,
+            tool_choice_required=tool_choice_required,
+            previous_tool_errors=previous_tool_errors,
+            expected_output_tokens=expected_output_tokens,
+            answer_kind=answer_kind,
+            digits=sum(len(r) for r in runs),
+            max_number_digits=max((len(r) for r in runs), default=0),
+            numbers=len(runs),
+            has_math_ops=_MATH_OPS.search(query_text) is not None,
+            words=len(_WORD.findall(query_text)),
+            question_marks=query_text.count("?"),
+        )
+
+    def to_vector(self) -> np.ndarray:
+        """Numeric vector in the order of `FEATURE_NAMES` (logs tame heavy tails)."""
+        return np.array(self.vector_values(), dtype=np.float64)
+
+    def vector_values(self) -> list[float]:
+        """`to_vector()` as a plain list (cheaper when building many rows)."""
+        expected = self.expected_output_tokens
+        return [
+            math.log1p(self.prompt_tokens),
+            self.cached_prefix_tokens / self.prompt_tokens if self.prompt_tokens else 0.0,
+            math.log1p(self.query_chars),
+            float(self.step_index),
+            float(self.tools_bound),
+            float(self.tool_choice_required),
+            float(self.previous_tool_errors),
+            math.log1p(expected) if expected is not None else 0.0,
+            float(expected is not None),
+            float(self.answer_kind == "text"),
+            float(self.answer_kind == "math"),
+            float(self.answer_kind == "tool_call"),
+            float(self.digits),
+            float(self.max_number_digits),
+            float(self.numbers),
+            float(self.has_math_ops),
+            math.log1p(self.words),
+            float(self.question_marks),
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def _bad_int(value: Any) -> bool:
+    return not isinstance(value, int) or isinstance(value, bool)
