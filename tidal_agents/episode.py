@@ -1,14 +1,15 @@
 """Episodes: a wall-clock deadline for a whole agent run, split into per-step
 allowances.
 
-The allowance of a step is
+The allowance of a step is (`allowance_for`)
 
-    allowance = (remaining - safety_margin) / max(1, expected_steps - steps_done)
+    allowance = max(0, remaining - safety_margin) / max(1, expected_steps - steps_done)
 
 so every step may spend its share of what is left, the last expected step (and
 any beyond) may spend all of it, and because each step is hard-limited to its
 allowance (the strategy aborts inside vLLM), the allowances of an episode never
-sum past ``deadline - safety_margin``.
+sum past ``deadline - safety_margin``: each allowance is at most what is left
+above the margin, so after spending it at least the margin is still left.
 
 An episode is found by the chat model through a context variable (``with
 model.episode(...)``), so threads and asyncio tasks never share one by accident.
@@ -38,6 +39,11 @@ from tidal_agents.trace.records import StepRecord
 _CURRENT: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "tidal_episode", default=None
 )
+#: reset tokens of the enclosing `with` blocks, per context: one Episode object may
+#: be entered by several tasks at once, and a token only resets in its own context
+_TOKENS: contextvars.ContextVar[tuple[contextvars.Token[Episode | None], ...]] = (
+    contextvars.ContextVar("tidal_episode_tokens", default=())
+)
 
 #: keys accepted in RunnableConfig["configurable"]
 CONFIG_KEYS = {
@@ -55,6 +61,17 @@ CONFIG_KEYS = {
 def current_episode() -> Episode | None:
     """The episode active in this thread / task, if any."""
     return _CURRENT.get()
+
+
+def allowance_for(
+    remaining_s: float, steps_done: int, expected_steps: int, safety_margin_s: float
+) -> float:
+    """Seconds one step may spend: an equal share of the time above the safety margin
+    among the steps still expected (at least one). Pure; 0 when nothing is left."""
+    usable = remaining_s - safety_margin_s
+    if not usable > 0:  # also catches NaN
+        return 0.0
+    return usable / max(1, expected_steps - steps_done)
 
 
 class Episode:
@@ -132,7 +149,6 @@ class Episode:
         self._lock = threading.Lock()
         self._next_step = 0
         self._steps_done = 0
-        self._tokens: list[contextvars.Token[Episode | None]] = []
 
     # -------------------------------------------------------------- timing
     @property
@@ -146,14 +162,20 @@ class Episode:
     def remaining_s(self) -> float:
         return self.deadline - self._clock()
 
-    def allowance_s(self) -> float:
-        """Seconds the next step may spend (0 when the time is up)."""
-        usable = self.remaining_s() - self.safety_margin_s
-        if usable <= 0:
-            return 0.0
+    def allowance_s(self, step_index: int | None = None) -> float:
+        """Seconds a step may spend now (0 when the time is up); see `allowance_for`.
+
+        `step_index` counts the steps before this one; by default the steps
+        recorded so far (steps running concurrently have not been recorded yet,
+        so they share the same, larger allowance: pass their index to split it).
+        """
+        if step_index is not None and (
+            not isinstance(step_index, int) or isinstance(step_index, bool) or step_index < 0
+        ):
+            raise TidalConfigError(f"step_index={step_index!r}: allowed is an integer >= 0.")
         with self._lock:
-            steps_left = max(1, self.expected_steps - self._steps_done)
-        return usable / steps_left
+            done = self._steps_done if step_index is None else step_index
+        return allowance_for(self.remaining_s(), done, self.expected_steps, self.safety_margin_s)
 
     def next_step_index(self) -> int:
         with self._lock:
@@ -174,6 +196,8 @@ class Episode:
         allowance = self.allowance_s()
         if allowance <= 0:
             if self.on_deadline == "raise":
+                # finished: a caller that keys episodes by thread starts a fresh one next time
+                self.finished = True
                 raise EpisodeDeadlineExceeded(
                     f"Episode {self.id}: its {self.deadline_s:g} s deadline leaves no time for "
                     f"step {features.step_index} ({self.remaining_s():.2f} s left, safety "
@@ -199,11 +223,11 @@ class Episode:
 
     def record(self, record: StepRecord) -> None:
         """Append a step record to the trace and, if set, to the JSONL file."""
-        with self._lock:
+        with self._lock:  # one lock: the file and the in-memory trace keep the same order
             self._steps_done += 1
-        self.trace.append(record)
-        if self.writer is not None:
-            self.writer.write(record)
+            self.trace.append(record)
+            if self.writer is not None:
+                self.writer.write(record)
 
     # ------------------------------------------------------ context manager
     @contextlib.contextmanager
@@ -216,11 +240,14 @@ class Episode:
             _CURRENT.reset(token)
 
     def __enter__(self) -> Episode:
-        self._tokens.append(_CURRENT.set(self))
+        token = _CURRENT.set(self)
+        _TOKENS.set((*_TOKENS.get(), token))
         return self
 
     def __exit__(self, *exc: object) -> None:
-        _CURRENT.reset(self._tokens.pop())
+        *outer, token = _TOKENS.get()
+        _TOKENS.set(tuple(outer))
+        _CURRENT.reset(token)
         self.finished = True
 
     async def __aenter__(self) -> Episode:

@@ -62,6 +62,23 @@ class StepRecord(BaseModel):
             return None
         return (self.spent.wall_s - self.predicted_latency_s) / self.predicted_latency_s
 
+    @property
+    def tokens_error(self) -> float | None:
+        """(actual - predicted) / predicted generated tokens, or None."""
+        if self.spent is None or not self.predicted_tokens:
+            return None
+        return (self.spent.generated_tokens - self.predicted_tokens) / self.predicted_tokens
+
+    @property
+    def predicted_vs_actual(self) -> dict[str, float | None]:
+        """Latency (s) and generated tokens, predicted next to spent."""
+        return {
+            "predicted_latency_s": self.predicted_latency_s,
+            "actual_latency_s": self.spent.wall_s if self.spent else None,
+            "predicted_tokens": self.predicted_tokens,
+            "actual_tokens": float(self.spent.generated_tokens) if self.spent else None,
+        }
+
     @classmethod
     def from_step(
         cls,

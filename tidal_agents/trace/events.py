@@ -1,0 +1,55 @@
+"""Step records as LangChain custom events (``tidal_step``) for callback handlers.
+
+Outside a runnable there is no parent run to attach an event to; LangChain then
+raises, and we skip quietly: a trace event must never fail the step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
+from langchain_core.runnables import RunnableConfig
+
+from tidal_agents.trace.records import StepRecord
+
+logger = logging.getLogger(__name__)
+
+STEP_EVENT = "tidal_step"
+
+
+def _payload(record: StepRecord | dict[str, Any]) -> dict[str, Any]:
+    return record.model_dump(mode="json") if isinstance(record, StepRecord) else dict(record)
+
+
+def _no_parent(exc: RuntimeError) -> bool:
+    return "parent run id" in str(exc)
+
+
+def dispatch_step_event(
+    record: StepRecord | dict[str, Any], config: RunnableConfig | None = None
+) -> bool:
+    """Send `record` to the callbacks of the current run; False if there is none."""
+    try:
+        dispatch_custom_event(STEP_EVENT, _payload(record), config=config)
+    except RuntimeError as exc:
+        if not _no_parent(exc):
+            raise
+        logger.debug("no parent run: tidal_step event skipped")
+        return False
+    return True
+
+
+async def adispatch_step_event(
+    record: StepRecord | dict[str, Any], config: RunnableConfig | None = None
+) -> bool:
+    """Async `dispatch_step_event` (async callback handlers are awaited)."""
+    try:
+        await adispatch_custom_event(STEP_EVENT, _payload(record), config=config)
+    except RuntimeError as exc:
+        if not _no_parent(exc):
+            raise
+        logger.debug("no parent run: tidal_step event skipped")
+        return False
+    return True
