@@ -30,8 +30,9 @@ def test_summarise_rates_and_errors() -> None:
 
 def test_step_latency_pairs_from_records() -> None:
     steps = [
-        {"decision": {"predicted_latency_s": 1.5}, "spent": {"wall_s": 1.0}},
-        {"predicted_latency_s": 2.0, "wall_s": 4.0},
-        {"decision": {}, "spent": {"wall_s": 1.0}},  # no prediction: skipped
+        {"predicted_latency_s": 1.5, "spent": {"wall_s": 1.0}},
+        {"predicted_latency_s": 2.0, "spent": {"wall_s": 4.0}},
+        {"predicted_latency_s": None, "spent": {"wall_s": 1.0}},  # no prediction: skipped
+        {"predicted_latency_s": 1.0, "spent": None},  # failed step: skipped
     ]
     assert bench.step_latency_pairs(steps) == [(1.5, 1.0), (2.0, 4.0)]

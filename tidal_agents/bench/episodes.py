@@ -76,18 +76,16 @@ def _trace_steps(trace: Any) -> list[dict[str, Any]]:
 def step_latency_pairs(steps: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
     """(predicted, actual) latency of every step that ran, from trace records."""
     pairs = []
-    for s in steps:
-        decision = s.get("decision") or {}
-        pred = s.get("predicted_latency_s", decision.get("predicted_latency_s"))
-        spent = s.get("spent") or {}
-        actual = s.get("wall_s", spent.get("wall_s"))
+    for s in steps:  # StepRecord.model_dump(): predicted_latency_s, spent.wall_s
+        pred = s.get("predicted_latency_s")
+        actual = (s.get("spent") or {}).get("wall_s")
         if pred is not None and actual is not None and actual > 0:
             pairs.append((float(pred), float(actual)))
     return pairs
 
 
 def _cut_short(steps: Sequence[dict[str, Any]]) -> bool:
-    return any(bool(s.get("cut_short", (s.get("spent") or {}).get("cut_short"))) for s in steps)
+    return any(bool(s.get("cut_short")) for s in steps)
 
 
 def run_episode(
@@ -129,9 +127,7 @@ def run_episode(
         wall_s=wall, tokens=tokens, steps=len(steps),
         tool_calls=grade.tool_calls if grade else (),
         step_latency=tuple(step_latency_pairs(steps)),
-        strategies=tuple(str((s.get("decision") or {}).get("config", {}).get("name", ""))
-                         if isinstance((s.get("decision") or {}).get("config"), dict)
-                         else str(s.get("strategy", "")) for s in steps),
+        strategies=tuple(str(s.get("strategy", "")) for s in steps),
         error=error,
     )
 
