@@ -64,13 +64,12 @@ def _conf(c: Candidate, method: ConfidenceMethod) -> float | None:
 
 
 def _best_by_logprob(indices: Sequence[int], candidates: Sequence[Candidate]) -> int:
+    def mean(i: int) -> float:
+        lp = candidates[i].mean_logprob
+        return lp if lp is not None else -math.inf
+
     # max() keeps the first of equals, so ties go to the earliest index
-    return max(
-        indices,
-        key=lambda i: (
-            candidates[i].mean_logprob if candidates[i].mean_logprob is not None else -math.inf
-        ),
-    )
+    return max(indices, key=mean)
 
 
 def vote(

@@ -129,7 +129,9 @@ async def beam(
     prompt_ids = tuple(tok.encode(step.prompt, add_special_tokens=False))
     special = set(tok.all_special_ids)
     width, meter = config.n, CostMeter()
-    live, completed, cut_off = [Beam("", (), ())], [], []
+    live: list[Beam] = [Beam("", (), ())]
+    completed: list[Beam] = []
+    cut_off: list[Beam] = []
     rounds = pruned = pruned_tokens = 0
     deadline_hit = False
 
