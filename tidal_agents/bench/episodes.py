@@ -105,8 +105,8 @@ def run_episode(
     t0 = time.monotonic()
     with model.episode(deadline_s=deadline_s) as ep:
         try:
-            result = agent.invoke({"messages": [("user", task.question)]},
-                                  {"recursion_limit": recursion_limit})
+            request: Any = {"messages": [("user", task.question)]}
+            result = agent.invoke(request, {"recursion_limit": recursion_limit})
             messages = list(result["messages"])
         except EpisodeDeadlineExceeded as exc:
             raised_deadline, error = True, f"{type(exc).__name__}: {exc}"
@@ -116,7 +116,7 @@ def run_episode(
     steps = _trace_steps(ep.trace)
     grade = grade_messages(task, messages) if messages else None
     tokens = sum(
-        int((m.usage_metadata or {}).get("total_tokens", 0))
+        int(m.usage_metadata["total_tokens"]) if m.usage_metadata else 0
         for m in messages if isinstance(m, AIMessage)
     )
     return EpisodeOutcome(
@@ -138,7 +138,7 @@ def _rel_errors(outcomes: Sequence[EpisodeOutcome]) -> list[float]:
 
 def summarise(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
     """Figures per policy and deadline, and overall."""
-    table: dict[str, dict[str, dict[str, float]]] = {}
+    table: dict[str, dict[str, dict[str, Any]]] = {}
     for policy in sorted({o.policy for o in outcomes}):
         table[policy] = {}
         for d in sorted({o.deadline_s for o in outcomes}):

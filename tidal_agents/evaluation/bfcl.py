@@ -66,7 +66,7 @@ def to_json_schema(schema: Any) -> Any:
         return [to_json_schema(s) for s in schema]
     if not isinstance(schema, dict):
         return schema
-    out = {}
+    out: dict[str, Any] = {}
     for k, v in schema.items():
         if k == "type" and isinstance(v, str):
             if v == "any":
@@ -242,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     from tidal_agents.chat_model import TidalChatModel
 
-    model = TidalChatModel(model=args.model, max_tokens=args.max_tokens)
+    model = TidalChatModel(model_name=args.model, max_tokens=args.max_tokens)
     result = run_suite(model, load_entries(args.category, args.limit), args.max_steps,
                        args.deadline)
     if args.out:

@@ -382,9 +382,11 @@ def rows_from_samples(
     if len(samples) != settings.n_max:
         raise TidalConfigError(f"{item.id}: {len(samples)} samples, expected {settings.n_max}.")
     p_tok = prompt_tokens
-    base = dict(query_id=item.id, task=item.source, difficulty=item.difficulty,
-                question=item.question, gold=item.gold, prompt_tokens=p_tok,
-                max_tokens=settings.max_tokens, seed=settings.seed, backend=backend)
+    base: dict[str, Any] = dict(
+        query_id=item.id, task=item.source, difficulty=item.difficulty,
+        question=item.question, gold=item.gold, prompt_tokens=p_tok,
+        max_tokens=settings.max_tokens, seed=settings.seed, backend=backend,
+    )
     mean_gen = float(np.mean([s.generated_tokens for s in samples]))
     rows = [
         OutcomeRow(**base, config="greedy", strategy="single", n=1, selector="first",

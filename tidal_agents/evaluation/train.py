@@ -69,7 +69,8 @@ def is_test_query(query_id: str, test_fraction: float = DEFAULT_TEST_FRACTION,
 def split_rows(
     rows: Sequence[dict[str, Any]], test_fraction: float = DEFAULT_TEST_FRACTION, seed: int = 0
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    train, test = [], []
+    train: list[dict[str, Any]] = []
+    test: list[dict[str, Any]] = []
     for r in rows:
         (test if is_test_query(r["query_id"], test_fraction, seed) else train).append(r)
     if not train or not test:
@@ -83,7 +84,7 @@ def row_config(row: dict[str, Any]) -> Any:
     """The StrategyConfig an outcome row measured."""
     from tidal_agents.strategies.base import StrategyConfig
 
-    selector = row["selector"] if row["strategy"] == "best_of_n" else "first"
+    selector: Any = row["selector"] if row["strategy"] == "best_of_n" else "first"
     return StrategyConfig(
         strategy=row["strategy"], n=int(row["n"]), selector=selector,
         max_tokens=int(row["max_tokens"]), temperature=float(row["temperature"]),
