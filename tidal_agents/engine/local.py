@@ -268,6 +268,8 @@ class LocalVLLMEngine:
                 json=g.json_schema,
                 regex=g.regex,
                 choice=list(g.choice) if g.choice is not None else None,
+                # compact JSON: no token is spent on indentation
+                disable_any_whitespace=g.json_schema is not None,
             )
         return SamplingParams(
             n=request.n,
@@ -362,6 +364,8 @@ def get_engine(config: EngineConfig | None = None, start: bool = True) -> LocalV
 
 def shutdown_all() -> None:
     """Shut down every shared engine (registered at exit)."""
+    # At interpreter exit the streams vLLM logs to may already be closed.
+    logging.getLogger("vllm").setLevel(logging.CRITICAL)
     with _ENGINES_LOCK:
         engines = list(_ENGINES.values())
         _ENGINES.clear()
