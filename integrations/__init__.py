@@ -1,0 +1,1 @@
+"""Integrations: LangChain v1 agent middleware (and, later, an OpenAI-compatible front)."""

@@ -1,0 +1,51 @@
+"""The create_agent middleware ties every model call of one invocation to one episode."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from langchain.agents import create_agent
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage
+from langchain_core.tools import tool
+
+from integrations.langchain_middleware import TidalEpisodeMiddleware
+from tidal_agents.episode import current_episode
+
+
+@tool
+def add(a: int, b: int) -> int:
+    """Add two integers."""
+    return a + b
+
+
+class RecordingModel(GenericFakeChatModel):
+    seen: list[Any] = []
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> RecordingModel:
+        return self
+
+    def _generate(self, messages: Any, stop: Any = None, run_manager: Any = None, **kw: Any) -> Any:
+        self.seen.append(current_episode())
+        return super()._generate(messages, stop, run_manager, **kw)
+
+
+def _model() -> RecordingModel:
+    call = AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}])
+    return RecordingModel(messages=iter([call, AIMessage("3")]), seen=[])
+
+
+def test_each_invocation_gets_its_own_episode() -> None:
+    mw = TidalEpisodeMiddleware(deadline_s=30)
+    episodes = []
+    for _ in range(2):
+        model = _model()
+        agent = create_agent(model=model, tools=[add], middleware=[mw])
+        agent.invoke({"messages": [("user", "1+2?")]})
+        assert len(model.seen) == 2
+        assert model.seen[0] is not None and model.seen[0] is model.seen[1]
+        assert model.seen[0] is mw.last_episode
+        episodes.append(model.seen[0])
+    assert episodes[0] is not episodes[1]
+    assert all(ep.finished for ep in episodes)
+    assert current_episode() is None
