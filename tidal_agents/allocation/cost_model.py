@@ -62,9 +62,13 @@ _FACTOR_MIN, _FACTOR_MAX = 0.1, 10.0
 class CostParams:
     """The physical parameters of a backend (seconds, tokens).
 
-    Defaults: measured on this project's 2-core AVX-512 CPU, in-process vLLM
-    (eager, bf16), SmolLM2-135M-Instruct, by ``calibrate()`` (see the report in
-    shared notes). FINDINGS section 3: n=1 x 64 tokens ~1.7 s, n=8 ~2.2 s.
+    Defaults (the prior before `calibrate()` has run): the 2-core AVX-512 CPU,
+    in-process vLLM (eager, bf16), SmolLM2-135M-Instruct on an otherwise idle
+    machine. FINDINGS section 3: n=1 x 64 tokens ~1.7 s and n=8 ~2.2 s give
+    decode ~24 ms/step + ~1.1 ms per sequence per step; 512 prefix-cached prompt
+    tokens saved 0.4 s, ~0.8-0.9 ms per prefilled token. With other engines
+    sharing the two cores, calibration measured 2-4x these figures; the online
+    load factor absorbs such contention.
     """
 
     overhead_s: float = 0.05
