@@ -32,9 +32,10 @@ def test_more_samples_cost_more_time_and_tokens() -> None:
     assert preds["greedy"].latency_s < lat[0] and lat == sorted(lat) and len(set(lat)) == 4
     assert [preds[f"bo{n}-majority"].tokens for n in (2, 4, 8, 16)] == [128, 256, 512, 1024]
     assert preds["beam4"].latency_s > preds["beam2"].latency_s
-    # the documented CPU priors: n=1 x 64 tokens ~1.7 s, n=8 ~2.2 s (FINDINGS section 3)
-    assert preds["greedy"].latency_s == pytest.approx(1.7, rel=0.25)
-    assert preds["bo8-majority"].latency_s == pytest.approx(2.2, rel=0.25)
+    # the documented CPU priors agree with FINDINGS section 3 (eager, in-process engine,
+    # 64 new tokens): n=1 1.8 s, n=8 2.1-3.1 s
+    assert preds["greedy"].latency_s == pytest.approx(1.8, rel=0.15)
+    assert 2.1 <= preds["bo8-majority"].latency_s <= 3.1
 
 
 def test_cached_prefix_and_budget_lower_the_prediction() -> None:

@@ -27,7 +27,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from tidal_agents.allocation.cost_model import CostModel, CostParams, RunShape
+from tidal_agents.allocation.cost_model import (
+    DEFAULT_BEAM_FACTORS,
+    CostModel,
+    CostParams,
+    RunShape,
+)
 from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.engine.types import Engine, GenerationRequest
 from tidal_agents.strategies.base import StrategyConfig
@@ -94,9 +99,11 @@ def unique_prompt(engine: Engine, filler_repeats: int = 0) -> str:
 
 
 async def measure(engine: Engine, prompt: str, n: int, output_tokens: int) -> Measurement:
+    # logprobs=0, as the strategies request by default (StepInput.logprobs): returning
+    # each sampled token's log-prob is part of the per-token cost being measured
     res = await engine.generate(
         GenerationRequest(prompt=prompt, n=n, temperature=0.8, max_tokens=output_tokens,
-                          ignore_eos=True)
+                          ignore_eos=True, logprobs=0)
     )
     return Measurement(
         n=n,
@@ -232,7 +239,9 @@ async def acalibrate(
         by_cell.setdefault((n, out, filler), []).append(m)
     ms = [_median(v) for v in by_cell.values()]
     params, stats = fit_params(ms)
-    model = CostModel(params=params, backend_id=engine.backend_id, source="calibrated")
+    # quick calibration does not run beam search: it keeps the documented corrections
+    model = CostModel(params=params, backend_id=engine.backend_id, source="calibrated",
+                      config_factors=dict(DEFAULT_BEAM_FACTORS))
     if plan.beam_widths and time.perf_counter() - t0 < budget:
         model.config_factors.update(await _beam_factors(engine, model, plan.beam_widths))
     stats["seconds"] = time.perf_counter() - t0
