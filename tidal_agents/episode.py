@@ -278,7 +278,11 @@ class Episode:
                 "configurable has tidal_* keys but no 'tidal_deadline_s'; an episode needs "
                 "a deadline in seconds."
             )
-        kwargs = {CONFIG_KEYS[k]: v for k, v in ours.items() if CONFIG_KEYS[k] is not None}
+        kwargs: dict[str, Any] = {}
+        for key, value in ours.items():
+            arg = CONFIG_KEYS[key]
+            if arg is not None:
+                kwargs[arg] = value
         return cls(grid=grid, **kwargs)
 
     def __repr__(self) -> str:

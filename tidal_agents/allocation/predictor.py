@@ -24,7 +24,7 @@ import numpy as np
 
 from tidal_agents.allocation.features import FEATURE_NAMES, StepFeatures
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.strategies.base import AnswerKind, StrategyConfig
 
 PredictorKind = Literal["prior", "trained"]
 
@@ -211,11 +211,11 @@ class SklearnAccuracyPredictor:
     ) -> SklearnAccuracyPredictor:
         from sklearn.calibration import CalibratedClassifierCV
 
-        rows = [r if isinstance(r, TrainingRow) else TrainingRow(*r) for r in rows]
-        labels = np.array([r.soft_label for r in rows], dtype=np.float64)
-        if len(rows) < 2 * self.cv:
+        parsed = [r if isinstance(r, TrainingRow) else TrainingRow(*r) for r in rows]
+        labels = np.array([r.soft_label for r in parsed], dtype=np.float64)
+        if len(parsed) < 2 * self.cv:
             raise TidalConfigError(
-                f"fit() got {len(rows)} rows; allowed is at least {2 * self.cv} (2 x cv)."
+                f"fit() got {len(parsed)} rows; allowed is at least {2 * self.cv} (2 x cv)."
             )
         if not np.all(np.isfinite(labels)) or labels.min() < 0 or labels.max() > 1:
             raise TidalConfigError("soft_label values must be finite numbers in [0, 1].")
@@ -224,12 +224,12 @@ class SklearnAccuracyPredictor:
                 "All soft labels are 0 (or all 1): the predictor needs both right and wrong "
                 "outcomes to learn anything."
             )
-        x = design_matrix((r.features, r.config) for r in rows)
+        x = design_matrix((r.features, r.config) for r in parsed)
         if self.estimator == "logistic":
             std = x.std(axis=0)
             self.scale = (x.mean(axis=0), np.where(std > 0, std, 1.0))
         xx = np.concatenate([x, x])
-        yy = np.concatenate([np.ones(len(rows)), np.zeros(len(rows))])
+        yy = np.concatenate([np.ones(len(parsed)), np.zeros(len(parsed))])
         ww = np.concatenate([labels, 1 - labels])
         keep = ww > 0
         model = CalibratedClassifierCV(
@@ -241,7 +241,7 @@ class SklearnAccuracyPredictor:
         with threadpool_limits(1):
             model.fit(self._inputs(xx[keep]), yy[keep], sample_weight=ww[keep])
         self.model = model
-        self.n_rows = len(rows)
+        self.n_rows = len(parsed)
         self._fast = _compile(self, x[: min(len(x), 64)])
         return self
 
@@ -324,8 +324,12 @@ class SklearnAccuracyPredictor:
 
 
 #: steps and configurations on which a loaded model's compiled form is checked
-_PROBE_STEPS = (("What is 3 + 4?", 40, "math"), ("What is 123 * 45?", 300, "math"),
-                ("Call the weather tool for Paris.", 500, "tool_call"), ("Hello!", 20, "text"))
+_PROBE_STEPS: tuple[tuple[str, int, AnswerKind], ...] = (
+    ("What is 3 + 4?", 40, "math"),
+    ("What is 123 * 45?", 300, "math"),
+    ("Call the weather tool for Paris.", 500, "tool_call"),
+    ("Hello!", 20, "text"),
+)
 _PROBE_CONFIGS = (
     StrategyConfig(strategy="single", temperature=0.0),
     StrategyConfig(strategy="best_of_n", n=8, selector="majority"),
