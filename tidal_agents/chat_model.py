@@ -150,7 +150,7 @@ class TidalChatModel(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> LangSmithParams:
         params = LangSmithParams(
             ls_provider=PROVIDER,
-            ls_model_name=self.model_name,
+            ls_model_name=str(kwargs.get("model") or self.model_name),
             ls_model_type="chat",
             ls_temperature=self.temperature if self.temperature is not None else 0.0,
             ls_max_tokens=self.max_tokens,
@@ -243,17 +243,21 @@ class TidalChatModel(BaseChatModel):
         """Structured output, always grammar-constrained by the engine.
 
         json_schema: the reply is decoded under `schema`. function_calling: the
-        schema becomes a tool that must be called. json_mode: any JSON object.
+        schema becomes a tool that must be called. json_mode: any JSON object, or
+        `schema` when one is given.
         """
+        strict = kwargs.pop("strict", None)  # grammar decoding is always strict
         if kwargs:
-            raise TidalConfigError(f"Unexpected arguments {sorted(kwargs)}.")
+            raise TidalConfigError(
+                f"Unexpected arguments {sorted(kwargs)}; allowed: method, include_raw, strict."
+            )
         is_pydantic = isinstance(schema, type) and is_basemodel_subclass(schema)
         if method == "function_calling":
             if schema is None:
                 raise TidalConfigError("method='function_calling' needs a schema.")
             tool_name = convert_to_openai_tool(schema)["function"]["name"]
             llm = self.bind_tools(
-                [schema], tool_choice=tool_name,
+                [schema], tool_choice=tool_name, strict=strict,
                 ls_structured_output_format={"kwargs": {"method": method}, "schema": schema},
             )
             parser: Runnable = (
@@ -262,19 +266,20 @@ class TidalChatModel(BaseChatModel):
                 else JsonOutputKeyToolsParser(key_name=tool_name, first_tool_only=True)
             )
         elif method in ("json_schema", "json_mode"):
-            if method == "json_schema":
-                if schema is None:
-                    raise TidalConfigError("method='json_schema' needs a schema.")
-                json_schema = convert_to_json_schema(schema)
-            else:
-                json_schema = {"type": "object"}
+            if method == "json_schema" and schema is None:
+                raise TidalConfigError("method='json_schema' needs a schema.")
+            # json_mode with a schema is decoded under that schema too: a small
+            # model cannot be trusted to follow format instructions in the prompt.
+            json_schema = convert_to_json_schema(schema) if schema is not None else {
+                "type": "object"
+            }
             llm = self.bind(
                 response_format=json_schema,
                 ls_structured_output_format={"kwargs": {"method": method}, "schema": json_schema},
             )
             parser = (
                 PydanticOutputParser(pydantic_object=schema)  # type: ignore[arg-type]
-                if is_pydantic and method == "json_schema"
+                if is_pydantic
                 else JsonOutputParser()
             )
         else:
@@ -427,8 +432,9 @@ class TidalChatModel(BaseChatModel):
         guided: GuidedDecoding | None = None
         if response_format is not None:
             guided = GuidedDecoding(json_schema=response_format)
+            chat = tp.add_system_prompt(chat, tp.schema_system_prompt(response_format))
         elif specs and choice.mode != "none":
-            chat = tp.add_tools_prompt(chat, tp.tools_system_prompt(specs, choice, parallel))
+            chat = tp.add_system_prompt(chat, tp.tools_system_prompt(specs, choice, parallel))
             guided = tp.reply_grammar(specs, choice, parallel)
         engine = self.engine
         prompt = engine.apply_chat_template(chat)

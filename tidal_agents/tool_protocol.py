@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import uuid
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -74,10 +75,20 @@ def to_tool_specs(tools: list[Any], strict: bool | None = None) -> list[ToolSpec
                 f"Tool {name!r}: parameters must be a JSON object schema, got type "
                 f"{params.get('type')!r}."
             )
-        specs.append(ToolSpec(name, fn.get("description", ""), params))
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise TidalConfigError(f"Tool names must be unique; got {names}.")
+        # Closed objects, as OpenAI's strict mode does: the grammar then ends the
+        # arguments once the declared ones are written (a small model otherwise
+        # invents properties or whitespace until max_tokens).
+        params = {"additionalProperties": False, **params}
+        spec = ToolSpec(name, fn.get("description", ""), params)
+        same = next((s for s in specs if s.name == name), None)
+        if same is None:
+            specs.append(spec)
+        elif same != spec:
+            # The same tool passed in two forms (e.g. a pydantic class and its JSON
+            # schema) differs in details; the first one bound wins.
+            warnings.warn(
+                f"Two tools are named {name!r}; using the first one bound.", stacklevel=3
+            )
     return specs
 
 
@@ -149,6 +160,18 @@ def reply_grammar(
 def answer_grammar() -> GuidedDecoding:
     """Admits only {"answer": "..."}: used when a step must answer, not call."""
     return GuidedDecoding(json_schema=_ANSWER_SCHEMA)
+
+
+def schema_system_prompt(schema: dict[str, Any]) -> str:
+    """Describe a structured-output schema, so the model knows what each field is for."""
+    props = schema.get("properties") or {}
+    if not props:
+        return "Reply with a JSON object only."
+    lines = ["Reply with a JSON object with these fields:"]
+    for key, sub in props.items():
+        desc = sub.get("description") or sub.get("title") or ""
+        lines.append(f"- {key} ({sub.get('type', 'any')}): {desc}".rstrip(": "))
+    return "\n".join(lines)
 
 
 def tools_system_prompt(specs: list[ToolSpec], choice: ToolChoice, parallel: bool) -> str:
@@ -231,8 +254,8 @@ def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
     return out
 
 
-def add_tools_prompt(chat: list[dict[str, Any]], tools_prompt: str) -> list[dict[str, Any]]:
-    """Put the tool description into the (first) system message."""
+def add_system_prompt(chat: list[dict[str, Any]], tools_prompt: str) -> list[dict[str, Any]]:
+    """Append to the (first) system message, or add one."""
     if chat and chat[0]["role"] == "system":
         merged = chat[0]["content"] + "\n\n" + tools_prompt
         return [{"role": "system", "content": merged}, *chat[1:]]

@@ -18,6 +18,7 @@ pytestmark = pytest.mark.engine
 
 # Small budgets: the suites make ~80 calls on a 2-core CPU.
 _PARAMS: dict[str, Any] = {"max_tokens": 48}
+_STANDARD = {"temperature": 0, "max_tokens": 48, "timeout": 60, "stop": [], "max_retries": 2}
 
 
 class TestTidalChatModelUnit(ChatModelUnitTests):
@@ -26,8 +27,8 @@ class TestTidalChatModelUnit(ChatModelUnitTests):
         return TidalChatModel
 
     @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return _PARAMS
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        return _STANDARD
 
 
 class TestTidalChatModelIntegration(ChatModelIntegrationTests):
@@ -36,8 +37,8 @@ class TestTidalChatModelIntegration(ChatModelIntegrationTests):
         return TidalChatModel
 
     @property
-    def chat_model_params(self) -> dict[str, Any]:
-        return _PARAMS
+    def standard_chat_model_params(self) -> dict[str, Any]:
+        return _STANDARD
 
     @property
     def has_tool_choice(self) -> bool:

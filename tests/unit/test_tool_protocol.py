@@ -31,6 +31,7 @@ SPECS = tp.to_tool_specs([add, weather])
 def test_specs_from_tools() -> None:
     assert [s.name for s in SPECS] == ["add", "weather"]
     assert SPECS[0].parameters["properties"]["a"]["type"] == "integer"
+    assert SPECS[0].parameters["additionalProperties"] is False
 
 
 @pytest.mark.parametrize(
@@ -58,8 +59,12 @@ def test_invalid_tool_schema_rejected() -> None:
     bad = {"type": "function", "function": {"name": "f", "parameters": {"type": "bogus"}}}
     with pytest.raises(TidalConfigError, match="invalid parameter schema"):
         tp.to_tool_specs([bad])
-    with pytest.raises(TidalConfigError, match="unique"):
-        tp.to_tool_specs([add, add])
+    assert len(tp.to_tool_specs([add, add])) == 1  # the same tool twice is one tool
+    other_add = {"type": "function", "function": {"name": "add", "parameters": {
+        "type": "object", "properties": {"x": {"type": "string"}}}}}
+    with pytest.warns(UserWarning, match="named 'add'; using the first"):
+        specs = tp.to_tool_specs([add, other_add])
+    assert [s.name for s in specs] == ["add"] and "a" in specs[0].parameters["properties"]
 
 
 def test_grammar_admits_exactly_the_protocol() -> None:
@@ -111,9 +116,9 @@ def test_messages_round_trip() -> None:
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "tool", "tool"]
     assert json.loads(chat[2]["content"]) == {"name": "add", "arguments": {"a": 1, "b": 2}}
     assert chat[4]["content"].endswith("(error)")
-    with_tools = tp.add_tools_prompt(chat, "TOOLS")
+    with_tools = tp.add_system_prompt(chat, "TOOLS")
     assert with_tools[0]["content"] == "sys\n\nTOOLS"
-    assert tp.add_tools_prompt(chat[1:], "TOOLS")[0] == {"role": "system", "content": "TOOLS"}
+    assert tp.add_system_prompt(chat[1:], "TOOLS")[0] == {"role": "system", "content": "TOOLS"}
 
 
 def test_unsupported_content_is_clear() -> None:

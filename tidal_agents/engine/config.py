@@ -91,6 +91,14 @@ class EngineConfig(BaseModel):
             args["gpu_memory_utilization"] = self.gpu_memory_utilization
         if self.distributed_executor_backend is not None:
             args["distributed_executor_backend"] = self.distributed_executor_backend
+        if "structured_outputs_config" not in self.engine_args:
+            from vllm.config import StructuredOutputsConfig
+
+            # Compact JSON: no token is spent on indentation, and a small model
+            # cannot wander off into endless whitespace inside a grammar.
+            args["structured_outputs_config"] = StructuredOutputsConfig(
+                backend="xgrammar", disable_any_whitespace=True
+            )
         if cpu:
             # A seeded request that is only partly prefilled in a chunked batch
             # crashes the CPU engine (FINDINGS section 3): prefill whole prompts.

@@ -268,8 +268,6 @@ class LocalVLLMEngine:
                 json=g.json_schema,
                 regex=g.regex,
                 choice=list(g.choice) if g.choice is not None else None,
-                # compact JSON: no token is spent on indentation
-                disable_any_whitespace=g.json_schema is not None,
             )
         return SamplingParams(
             n=request.n,
