@@ -8,6 +8,7 @@ from __future__ import annotations
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 
+from integrations.langchain_middleware import ToolFirstMiddleware
 from tidal_agents import TidalChatModel
 
 
@@ -29,6 +30,8 @@ def run(deadline_s: float = 60.0, question: str = "What is 12 times 7?") -> dict
         model=model,
         tools=[multiply, km_to_miles],
         system_prompt="Use a tool to compute, then give the answer.",
+        # a 135M model answers from memory unless the first step must call a tool
+        middleware=[ToolFirstMiddleware()],
     )
     with model.episode(deadline_s=deadline_s) as ep:
         result = agent.invoke({"messages": [("user", question)]}, {"recursion_limit": 8})

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from langchain_core.messages import AIMessage
+from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
@@ -32,9 +32,13 @@ TOOLS = [multiply, km_to_miles]
 
 def build_graph(model: TidalChatModel) -> Any:
     llm = model.bind_tools(TOOLS)
+    # a 135M model answers from memory unless the first step must call a tool
+    llm_first = model.bind_tools(TOOLS, tool_choice="any")
 
     def call_model(state: MessagesState) -> dict[str, Any]:
-        return {"messages": [llm.invoke(state["messages"])]}
+        messages = state["messages"]
+        first = not any(isinstance(m, ToolMessage) for m in messages)
+        return {"messages": [(llm_first if first else llm).invoke(messages)]}
 
     def route(state: MessagesState) -> str:
         last = state["messages"][-1]

@@ -95,3 +95,35 @@ class TidalEpisodeMiddleware(AgentMiddleware[TidalEpisodeState, Any]):
             return await handler(request)
         with episode.activate():
             return await handler(request)
+
+
+class ToolFirstMiddleware(AgentMiddleware):
+    """Forces a tool call on the first model step of an agent run.
+
+    Small models often answer from memory when a tool would be right; agents
+    whose task always needs a tool can require one until the first tool result
+    is in the conversation (then the model is free again: tool_choice "auto").
+    """
+
+    def _first_step(self, request: ModelRequest) -> bool:
+        from langchain_core.messages import ToolMessage
+
+        return bool(request.tools) and not any(
+            isinstance(m, ToolMessage) for m in request.messages
+        )
+
+    def wrap_model_call(
+        self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
+    ) -> ModelResponse:
+        if self._first_step(request):
+            request = request.override(tool_choice="any")
+        return handler(request)
+
+    async def awrap_model_call(
+        self,
+        request: ModelRequest,
+        handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
+    ) -> ModelResponse:
+        if self._first_step(request):
+            request = request.override(tool_choice="any")
+        return await handler(request)

@@ -8,6 +8,7 @@ strategy -> engine -> selection -> AIMessage + trace record.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import queue
 import threading
@@ -179,10 +180,23 @@ class TidalChatModel(BaseChatModel):
 
     @property
     def accuracy_predictor(self) -> Any:
+        """The trained default for the embedded model if shipped, else the prior."""
         if self._predictor is None:
             trained = SklearnAccuracyPredictor.load_default() if self.model is None else None
             self._predictor = trained or PriorAccuracyPredictor()
         return self._predictor
+
+    def _predictor_for(self, features: StepFeatures, grid: Sequence[StrategyConfig]) -> Any:
+        """The trained predictor only where it was trained: free-text answers over
+        configurations it has seen. Tool and structured steps, and grids with
+        unseen configurations (beam), use the documented prior."""
+        predictor = self.accuracy_predictor
+        known = _trained_configs()
+        if getattr(predictor, "kind", "") == "trained" and (
+            features.answer_kind != "text" or not {c.name for c in grid} <= known
+        ):
+            return _PRIOR
+        return predictor
 
     def episode(
         self,
@@ -465,14 +479,15 @@ class TidalChatModel(BaseChatModel):
             answer_kind=answer_kind,
         )
         grid = self._grid(max_tokens, guided=guided is not None)
+        predictor = self._predictor_for(features, grid)
         if episode is not None:
             time_left_before = episode.remaining_s()
-            decision = episode.decide(features, self.cost_model, self.accuracy_predictor, grid)
+            decision = episode.decide(features, self.cost_model, predictor, grid)
         else:
             time_left_before = None
             allowance = self.timeout if self.timeout is not None else math.inf
             decision = decide(
-                features, grid, self.cost_model, self.accuracy_predictor,
+                features, grid, self.cost_model, predictor,
                 self.lambda_tokens, self.lambda_latency, allowance,
             )
         chosen = self._fit_config(decision.config, max_tokens)
@@ -668,6 +683,22 @@ def _last_user_text(messages: list[BaseMessage]) -> str:
         if isinstance(m, HumanMessage):
             return m.text
     return messages[-1].text if messages else ""
+
+
+_PRIOR = PriorAccuracyPredictor()
+
+
+@functools.lru_cache(maxsize=1)
+def _trained_configs() -> frozenset[str]:
+    """Configuration names the shipped predictor was trained on."""
+    import json
+    from importlib.resources import files
+
+    try:
+        report = files("tidal_agents").joinpath("data/accuracy_predictor.json").read_text()
+        return frozenset(json.loads(report).get("configs", []))
+    except (OSError, ValueError):
+        return frozenset()
 
 
 _CONFIG_EPISODES: dict[str, Episode] = {}

@@ -67,12 +67,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_calibrate(args: argparse.Namespace) -> int:
-    from tidal_agents.allocation.calibrate import calibrate
+    from tidal_agents.allocation.calibrate import calibrate, summary
+    from tidal_agents.allocation.cost_model import default_path
     from tidal_agents.engine import EngineConfig, get_engine
 
     engine = get_engine(EngineConfig(model=args.model))
     model = calibrate(engine, quick=args.quick)
-    _print_json(model.to_dict() if hasattr(model, "to_dict") else str(model))
+    print(summary(model))
+    print(f"saved to {default_path(engine.backend_id)}")
     return 0
 
 

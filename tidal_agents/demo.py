@@ -10,6 +10,8 @@ from langchain.agents import create_agent
 from langchain_core.tools import tool
 from rich.console import Console
 
+from integrations.langchain_middleware import ToolFirstMiddleware
+
 
 @tool
 def multiply(a: float, b: float) -> float:
@@ -29,7 +31,7 @@ def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
     console = Console()
     out_dir = Path(trace_dir or tempfile.mkdtemp(prefix="tidal-demo-"))
     out_dir.mkdir(parents=True, exist_ok=True)
-    console.print(f"[bold]Starting the engine[/bold] (embedded SmolLM2-135M-Instruct on vLLM)...")
+    console.print("[bold]Starting the engine[/bold] (embedded SmolLM2-135M-Instruct on vLLM)...")
     model = TidalChatModel(max_tokens=64)
     t0 = time.perf_counter()
     _ = model.engine
@@ -38,6 +40,8 @@ def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
         model=model,
         tools=[multiply, km_to_miles],
         system_prompt="Use a tool to compute, then give the answer.",
+        # a 135M model answers from memory unless the first step must call a tool
+        middleware=[ToolFirstMiddleware()],
     )
     question = "What is 12 times 7?"
     console.print(f"[bold]Episode[/bold]: {question!r} with a {deadline_s:g} s deadline")

@@ -14,6 +14,7 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 
+from integrations.langchain_middleware import ToolFirstMiddleware
 from tidal_agents import TidalChatModel
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.strategies.base import StrategyConfig
@@ -123,7 +124,8 @@ def test_bad_input_is_rejected_before_generation(model: TidalChatModel) -> None:
 def test_create_agent_episode_with_deadline(tmp_path: Path) -> None:
     model = TidalChatModel(max_tokens=48)
     agent = create_agent(model=model, tools=[multiply],
-                         system_prompt="Use the multiply tool, then answer.")
+                         system_prompt="Use the multiply tool, then answer.",
+                         middleware=[ToolFirstMiddleware()])
     trace_path = tmp_path / "trace.jsonl"
     deadline = 20.0
     with model.episode(deadline_s=deadline, trace_path=str(trace_path)) as ep:

@@ -49,3 +49,20 @@ def test_each_invocation_gets_its_own_episode() -> None:
     assert episodes[0] is not episodes[1]
     assert all(ep.finished for ep in episodes)
     assert current_episode() is None
+
+
+def test_tool_first_forces_a_call_only_before_the_first_result() -> None:
+    from integrations.langchain_middleware import ToolFirstMiddleware
+
+    choices: list[Any] = []
+
+    class ChoiceModel(RecordingModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            choices.append(kwargs.get("tool_choice"))
+            return self
+
+    call = AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}])
+    model = ChoiceModel(messages=iter([call, AIMessage("3")]), seen=[])
+    agent = create_agent(model=model, tools=[add], middleware=[ToolFirstMiddleware()])
+    agent.invoke({"messages": [("user", "1+2?")]})
+    assert choices[0] == "any" and choices[1] in (None, "auto")
