@@ -34,15 +34,36 @@ def trace_table(records: Sequence[StepRecord], title: str = "tidal_agents episod
             _fmt(r.predicted_tokens, 0),
             str(spent.generated_tokens) if spent else "-",
             "yes" if r.cut_short else "",
-            (r.error or r.decision.get("reason") or "")[:90],
+            r.error or _short_reason(r),
         )
     return table
+
+
+def _short_reason(r: StepRecord) -> str:
+    """The gist of the decision; the full reason stays in the record."""
+    reason = str(r.decision.get("reason") or "")
+    cands = r.decision.get("candidates") or []
+    fitting = sum(1 for c in cands if c.get("fits"))
+    if reason.startswith("deadline passed"):
+        return "deadline passed: fastest config"
+    if not r.decision.get("any_fits", True):
+        return f"none of {len(cands)} fit: fastest"
+    acc = r.predicted_accuracy
+    acc_text = f", pred acc {acc:.2f}" if acc is not None else ""
+    return f"max utility, {fitting}/{len(cands)} fit{acc_text}"
 
 
 def print_trace(records: Sequence[StepRecord], console: Any = None) -> None:
     from rich.console import Console
 
-    (console or Console()).print(trace_table(records))
+    # Wide enough for the table when output is not a terminal (logs, CI).
+    (console or Console(width=None if _is_tty() else 140)).print(trace_table(records))
+
+
+def _is_tty() -> bool:
+    import sys
+
+    return sys.stdout.isatty()
 
 
 def _fmt(x: float | None, digits: int = 2) -> str:
