@@ -7,26 +7,14 @@ import time
 from pathlib import Path
 
 from langchain.agents import create_agent
-from langchain_core.tools import tool
 from rich.console import Console
 
 from integrations.langchain_middleware import ToolFirstMiddleware
 
 
-@tool
-def multiply(a: float, b: float) -> float:
-    """Multiply two numbers."""
-    return a * b
-
-
-@tool
-def km_to_miles(km: float) -> float:
-    """Convert a distance in kilometres to miles."""
-    return round(km * 0.621371, 3)
-
-
 def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
     from tidal_agents import TidalChatModel
+    from tidal_agents.evaluation.agent_tasks import langchain_tools
 
     console = Console()
     out_dir = Path(trace_dir or tempfile.mkdtemp(prefix="tidal-demo-"))
@@ -38,7 +26,7 @@ def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
     console.print(f"engine ready in {time.perf_counter() - t0:.1f} s")
     agent = create_agent(
         model=model,
-        tools=[multiply, km_to_miles],
+        tools=langchain_tools(("multiply", "km_to_miles")),
         system_prompt="Use a tool to compute, then give the answer.",
         # a 135M model answers from memory unless the first step must call a tool
         middleware=[ToolFirstMiddleware()],
