@@ -21,7 +21,8 @@ def test_summarise_rates_and_errors() -> None:
     ]
     s = bench.summarise(outs)
     assert s["success_rate"] == {"adaptive": {"10": 0.5}, "greedy": {"10": 1.0, "30": 0.0}}
-    assert s["deadline_hit_rate"]["adaptive"]["10"] == 0.5
+    assert s["deadline_hit_rate_per_policy"]["adaptive"]["10"] == 0.5
+    assert s["deadline_hit_rate"] == 0.5  # the adaptive policy overall
     assert s["mean_tokens"]["adaptive"]["10"] == 200
     # relative errors: 0.5, 0.5, 0, 1 -> median 0.5
     assert s["latency_pred_median_abs_rel_error"] == pytest.approx(0.5)
