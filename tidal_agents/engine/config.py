@@ -118,6 +118,8 @@ class EngineConfig(BaseModel):
             os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.kv_cache_space_gib))
         os.environ.setdefault("VLLM_USE_AOT_COMPILE", "0")  # its cache breaks on re-runs
         os.environ.setdefault("VLLM_LOGGING_LEVEL", self.log_level)
+        # Library logs belong on stderr: stdout carries results (`bench --json`).
+        os.environ.setdefault("VLLM_LOGGING_STREAM", "ext://sys.stderr")
         os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
