@@ -278,7 +278,16 @@ def parse_reply(text: str, grammar_used: bool) -> ParsedReply:
     try:
         obj = json.loads(text)
     except json.JSONDecodeError:
-        # Cut short mid-JSON (max_tokens or deadline): keep the text, no call.
+        # Cut short mid-JSON (max_tokens or deadline): an answer keeps what was
+        # written of it; a half-written call is no call.
+        from langchain_core.utils.json import parse_partial_json
+
+        try:
+            partial = parse_partial_json(text)
+        except (ValueError, TypeError):
+            partial = None
+        if isinstance(partial, dict) and isinstance(partial.get("answer"), str):
+            return ParsedReply(partial["answer"], [], invalid=text)
         return ParsedReply(text, [], invalid=text)
     if isinstance(obj, dict) and "answer" in obj and isinstance(obj["answer"], str):
         return ParsedReply(obj["answer"], [])
