@@ -13,6 +13,7 @@ import math
 import queue
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import replace
 from operator import itemgetter
@@ -55,7 +56,7 @@ from tidal_agents.allocation import (
 from tidal_agents.allocation.controller import decide
 from tidal_agents.engine import EngineConfig, GuidedDecoding, LocalVLLMEngine, get_engine
 from tidal_agents.episode import Episode, current_episode
-from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError, TidalEngineError
+from tidal_agents.errors import TidalConfigError, TidalEngineError
 from tidal_agents.strategies import run_strategy
 from tidal_agents.strategies.base import CostRecord, StepInput, StrategyConfig, StrategyResult
 from tidal_agents.trace.records import StepRecord
@@ -701,7 +702,9 @@ def _trained_configs() -> frozenset[str]:
         return frozenset()
 
 
-_CONFIG_EPISODES: dict[str, Episode] = {}
+#: episodes declared through RunnableConfig, by id; the oldest are dropped
+_CONFIG_EPISODES: OrderedDict[str, Episode] = OrderedDict()
+_CONFIG_EPISODES_MAX = 256
 _CONFIG_EPISODES_LOCK = threading.Lock()
 
 
@@ -723,6 +726,8 @@ def _episode_from_config(model: TidalChatModel, config: dict[str, Any]) -> Episo
             episode = Episode.from_config(configurable, grid=model.grid)
             if episode is not None:
                 _CONFIG_EPISODES[str(key)] = episode
+                while len(_CONFIG_EPISODES) > _CONFIG_EPISODES_MAX:
+                    _CONFIG_EPISODES.popitem(last=False)
         return episode
 
 
@@ -830,4 +835,4 @@ def _iterate_sync(factory: Callable[[], AsyncIterator[Any]]) -> Iterator[Any]:
         cancel.set()
 
 
-__all__ = ["EpisodeDeadlineExceeded", "TidalChatModel"]
+__all__ = ["TidalChatModel"]

@@ -16,7 +16,9 @@ pytestmark = pytest.mark.engine
 
 
 async def test_n1_and_n8_token_counts(engine: LocalVLLMEngine, chat_prompt: str) -> None:
-    r1 = await engine.generate(GenerationRequest(prompt=chat_prompt, max_tokens=12, ignore_eos=True))
+    r1 = await engine.generate(
+        GenerationRequest(prompt=chat_prompt, max_tokens=12, ignore_eos=True)
+    )
     assert len(r1.samples) == 1
     assert r1.generated_tokens == 12 == len(r1.samples[0].token_ids)
     assert r1.prompt_tokens == engine.count_tokens(chat_prompt)
@@ -81,7 +83,9 @@ async def test_choice_and_regex(engine: LocalVLLMEngine, chat_prompt: str) -> No
     )
     assert {s.text for s in r.samples} <= {"yes", "no"}
     r = await engine.generate(
-        GenerationRequest(prompt=chat_prompt, max_tokens=8, guided=GuidedDecoding(regex=r"[0-9]{3}"))
+        GenerationRequest(
+            prompt=chat_prompt, max_tokens=8, guided=GuidedDecoding(regex=r"[0-9]{3}")
+        )
     )
     assert len(r.samples[0].text) == 3 and r.samples[0].text.isdigit()
 

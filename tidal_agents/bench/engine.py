@@ -43,7 +43,9 @@ async def _measure(engine: LocalVLLMEngine, max_tokens: int, repeats: int) -> di
     }
 
 
-def run(config: EngineConfig | None = None, max_tokens: int = 64, repeats: int = 2) -> dict[str, Any]:
+def run(
+    config: EngineConfig | None = None, max_tokens: int = 64, repeats: int = 2
+) -> dict[str, Any]:
     engine = LocalVLLMEngine(config)
     t0 = time.perf_counter()
     engine.start()

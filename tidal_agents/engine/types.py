@@ -32,7 +32,8 @@ class GuidedDecoding:
         given = [n for n in ("json_schema", "regex", "choice") if getattr(self, n) is not None]
         if len(given) != 1:
             raise TidalConfigError(
-                f"GuidedDecoding needs exactly one of json_schema, regex, choice; got {given or 'none'}."
+                "GuidedDecoding needs exactly one of json_schema, regex, choice; "
+                f"got {given or 'none'}."
             )
         if self.json_schema is not None:
             check_json_schema(self.json_schema)
@@ -42,7 +43,8 @@ class GuidedDecoding:
             not self.choice or not all(isinstance(c, str) and c for c in self.choice)
         ):
             raise TidalConfigError(
-                f"GuidedDecoding.choice={self.choice!r}: pass a non-empty tuple of non-empty strings."
+                f"GuidedDecoding.choice={self.choice!r}: pass a non-empty tuple of "
+                "non-empty strings."
             )
 
 
@@ -105,7 +107,9 @@ class GenerationRequest:
                 raise TidalConfigError("prompt is empty; pass at least one character or token.")
         elif isinstance(self.prompt, (tuple, list)):
             if not self.prompt or not all(isinstance(t, int) and t >= 0 for t in self.prompt):
-                raise TidalConfigError("prompt token ids must be a non-empty sequence of ints >= 0.")
+                raise TidalConfigError(
+                    "prompt token ids must be a non-empty sequence of ints >= 0."
+                )
             object.__setattr__(self, "prompt", tuple(self.prompt))
         else:
             raise TidalConfigError(
@@ -114,7 +118,9 @@ class GenerationRequest:
         _check_int("n", self.n, 1, 1024)
         _check_int("max_tokens", self.max_tokens, 1, 10**7)
         if not _finite(self.temperature) or self.temperature < 0:
-            raise TidalConfigError(f"temperature={self.temperature!r}: allowed is a finite value >= 0.")
+            raise TidalConfigError(
+                f"temperature={self.temperature!r}: allowed is a finite value >= 0."
+            )
         if not _finite(self.top_p) or not 0 < self.top_p <= 1:
             raise TidalConfigError(f"top_p={self.top_p!r}: allowed is 0 < top_p <= 1.")
         if self.logprobs is not None:
