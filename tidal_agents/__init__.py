@@ -1,5 +1,7 @@
 """tidal_agents: latency- and token-aware test-time compute for LangChain agents."""
 
+from typing import TYPE_CHECKING
+
 from tidal_agents.errors import (
     EpisodeDeadlineExceeded,
     TidalConfigError,
@@ -9,6 +11,10 @@ from tidal_agents.errors import (
 )
 
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from tidal_agents.chat_model import TidalChatModel
+    from tidal_agents.episode import Episode
 
 
 def __getattr__(name: str) -> object:

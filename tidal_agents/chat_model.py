@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
 from operator import itemgetter
 from typing import Any, Literal
@@ -58,7 +58,13 @@ from tidal_agents.engine import EngineConfig, GuidedDecoding, LocalVLLMEngine, g
 from tidal_agents.episode import Episode, current_episode
 from tidal_agents.errors import TidalConfigError, TidalEngineError
 from tidal_agents.strategies import run_strategy
-from tidal_agents.strategies.base import CostRecord, StepInput, StrategyConfig, StrategyResult
+from tidal_agents.strategies.base import (
+    AnswerKind,
+    CostRecord,
+    StepInput,
+    StrategyConfig,
+    StrategyResult,
+)
 from tidal_agents.trace.records import StepRecord
 
 PROVIDER = "tidal_agents"
@@ -369,9 +375,9 @@ class TidalChatModel(BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None,
         kwargs: dict[str, Any],
-        config: dict[str, Any],
+        config: Mapping[str, Any],
         emitter: _Emitter,
-    ) -> AsyncIterator[ChatGenerationChunk]:
+    ) -> AsyncGenerator[ChatGenerationChunk, None]:
         loop = asyncio.get_running_loop()
         deltas: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -421,7 +427,7 @@ class TidalChatModel(BaseChatModel):
         messages: list[BaseMessage],
         stop: list[str] | None,
         kwargs: dict[str, Any],
-        config: dict[str, Any],
+        config: Mapping[str, Any],
         emitter: _Emitter,
         on_token: Callable[[int, str], None] | None = None,
     ) -> AIMessage:
@@ -462,7 +468,9 @@ class TidalChatModel(BaseChatModel):
             )
         max_tokens = min(self.max_tokens, room)
         stops = tuple(stop if stop is not None else (self.stop or ()))
-        answer_kind = "tool_call" if guided is not None and response_format is None else "text"
+        answer_kind: AnswerKind = (
+            "tool_call" if guided is not None and response_format is None else "text"
+        )
 
         # 2. step context -> decision
         episode = current_episode() or _episode_from_config(self, config)
@@ -574,15 +582,18 @@ class TidalChatModel(BaseChatModel):
             AsyncRetrying,
             retry_if_exception_type,
             stop_after_attempt,
+            stop_any,
             wait_exponential,
         )
+        from tenacity.stop import stop_base
 
-        def past_deadline(_: Any) -> bool:
-            return deadline is not None and time.monotonic() >= deadline
+        class past_deadline(stop_base):  # noqa: N801 - reads like tenacity's own stops
+            def __call__(self, retry_state: Any) -> bool:
+                return deadline is not None and time.monotonic() >= deadline
 
         retrying = AsyncRetrying(
             retry=retry_if_exception_type(TidalEngineError),
-            stop=stop_after_attempt(self.max_retries + 1) | past_deadline,
+            stop=stop_any(stop_after_attempt(self.max_retries + 1), past_deadline()),
             wait=wait_exponential(multiplier=0.2, max=2),
             reraise=True,
         )
@@ -708,7 +719,7 @@ _CONFIG_EPISODES_MAX = 256
 _CONFIG_EPISODES_LOCK = threading.Lock()
 
 
-def _episode_from_config(model: TidalChatModel, config: dict[str, Any]) -> Episode | None:
+def _episode_from_config(model: TidalChatModel, config: Mapping[str, Any]) -> Episode | None:
     """An episode declared through RunnableConfig ``configurable``.
 
     Steps of one episode are tied together by ``tidal_episode_id`` or LangGraph's
@@ -798,7 +809,7 @@ def _run_sync(factory: Callable[[], Any]) -> Any:
     return box["value"]
 
 
-def _iterate_sync(factory: Callable[[], AsyncIterator[Any]]) -> Iterator[Any]:
+def _iterate_sync(factory: Callable[[], AsyncGenerator[Any, None]]) -> Iterator[Any]:
     """Iterate an async generator from sync code (on a helper thread's loop)."""
     items: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = threading.Event()

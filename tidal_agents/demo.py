@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from langchain.agents import create_agent
 from rich.console import Console
@@ -13,7 +14,7 @@ from integrations.langchain_middleware import ToolFirstMiddleware
 
 
 def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
-    from tidal_agents import TidalChatModel
+    from tidal_agents.chat_model import TidalChatModel
     from tidal_agents.evaluation.agent_tasks import langchain_tools
 
     console = Console()
@@ -36,7 +37,8 @@ def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
     jsonl = out_dir / "trace.jsonl"
     t0 = time.perf_counter()
     with model.episode(deadline_s=deadline_s, trace_path=str(jsonl)) as ep:
-        result = agent.invoke({"messages": [("user", question)]}, {"recursion_limit": 8})
+        request: Any = {"messages": [("user", question)]}
+        result = agent.invoke(request, {"recursion_limit": 8})
     elapsed = time.perf_counter() - t0
     for m in result["messages"]:
         m.pretty_print()

@@ -113,11 +113,11 @@ def _convert(gguf: Path, out: Path) -> None:
     )
     # transformers attaches a GGUF "quantizer" that refuses to save; the weights
     # are already dequantised, so detach it and drop the config entry.
-    model.hf_quantizer = None
+    model.hf_quantizer = None  # type: ignore[assignment]
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model.config.architectures = ["LlamaForCausalLM"]
-    model.config.torch_dtype = torch.bfloat16
+    model.config.dtype = torch.bfloat16
     model.save_pretrained(str(out), safe_serialization=True)
     tokenizer.save_pretrained(str(out))
 
