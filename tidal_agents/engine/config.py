@@ -103,8 +103,6 @@ class EngineConfig(BaseModel):
             # A seeded request that is only partly prefilled in a chunked batch
             # crashes the CPU engine (FINDINGS section 3): prefill whole prompts.
             args["enable_chunked_prefill"] = False
-            if self.distributed_executor_backend is None and self.tensor_parallel_size == 1:
-                args["distributed_executor_backend"] = "uni"  # no extra worker process
         args.update(self.engine_args)
         return args
 
