@@ -60,6 +60,7 @@ from tidal_agents.errors import TidalConfigError, TidalEngineError
 from tidal_agents.strategies import run_strategy
 from tidal_agents.strategies.base import (
     AnswerKind,
+    Candidate,
     CostRecord,
     StepInput,
     StrategyConfig,
@@ -517,6 +518,15 @@ class TidalChatModel(BaseChatModel):
                     decision, None, error, features,
                 ))
             raise
+        if guided is not None and result.selected.finish_reason != "stop":
+            # A grammar reply cut short (max_tokens, deadline) is not valid output:
+            # prefer the best complete candidate when the strategy drew several.
+            complete = [c for c in result.candidates if c.finish_reason == "stop"]
+            if complete:
+                best = max(complete, key=_candidate_rank)
+                result = replace(
+                    result, selected=best, details={**result.details, "complete_preferred": True}
+                )
         tool_grammar = guided is not None and response_format is None
         parsed = tp.parse_reply(result.selected.text, tool_grammar)
         cost = result.cost
@@ -661,6 +671,13 @@ def _config_dict(config: StrategyConfig) -> dict[str, Any]:
     from dataclasses import asdict
 
     return asdict(config)
+
+
+def _candidate_rank(c: Candidate) -> tuple[float, float]:
+    return (
+        c.score if c.score is not None else -math.inf,
+        c.mean_logprob if c.mean_logprob is not None else -math.inf,
+    )
 
 
 def _repeats_answered_call(calls: list[dict[str, Any]], messages: list[BaseMessage]) -> bool:

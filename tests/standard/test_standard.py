@@ -16,9 +16,10 @@ from tidal_agents import TidalChatModel
 
 pytestmark = pytest.mark.engine
 
-# Small budgets: the suites make ~80 calls on a 2-core CPU.
-_PARAMS: dict[str, Any] = {"max_tokens": 48}
-_STANDARD = {"temperature": 0, "max_tokens": 48, "timeout": 60, "stop": [], "max_retries": 2}
+# Small budgets: the suites make ~80 calls on a 2-core CPU; 64 tokens leave room
+# for a compact JSON joke.
+_PARAMS: dict[str, Any] = {"max_tokens": 64}
+_STANDARD = {"temperature": 0, "max_tokens": 64, "timeout": 60, "stop": [], "max_retries": 2}
 
 
 class TestTidalChatModelUnit(ChatModelUnitTests):
