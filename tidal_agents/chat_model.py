@@ -43,7 +43,7 @@ from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
 from langchain_core.runnables.config import ensure_config
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
 
 from tidal_agents import tool_protocol as tp
 from tidal_agents.allocation import (
@@ -55,6 +55,7 @@ from tidal_agents.allocation import (
 )
 from tidal_agents.allocation.controller import decide
 from tidal_agents.engine import EngineConfig, GuidedDecoding, LocalVLLMEngine, get_engine
+from tidal_agents.engine.remote import RemoteVLLMEngine, get_remote_engine
 from tidal_agents.episode import Episode, current_episode
 from tidal_agents.errors import TidalConfigError, TidalEngineError
 from tidal_agents.strategies import run_strategy
@@ -114,10 +115,18 @@ class TidalChatModel(BaseChatModel):
     lambda_latency: float = 0.05
     engine_config: EngineConfig | None = None
     """Extra vLLM engine arguments; ``model`` above takes precedence."""
+    base_url: str | list[str] | None = None
+    """``vllm serve`` replica URL(s): generate there instead of in-process
+    (requests spread over the replicas, failover on errors)."""
+    api_key: SecretStr | None = None
+    """API key of the ``vllm serve`` replicas (``--api-key``), if they need one."""
+    tokenizer: str | None = None
+    """Local tokenizer folder for remote replicas whose model folder is not on
+    this machine."""
     trace_path: str | None = None
     """JSONL file that every step record is appended to (also per episode)."""
 
-    _engine: LocalVLLMEngine | None = PrivateAttr(default=None)
+    _engine: LocalVLLMEngine | RemoteVLLMEngine | None = PrivateAttr(default=None)
     _cost_model: CostModel | None = PrivateAttr(default=None)
     _predictor: Any = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -132,6 +141,13 @@ class TidalChatModel(BaseChatModel):
             not math.isfinite(self.temperature) or self.temperature < 0
         ):
             raise TidalConfigError(f"temperature={self.temperature!r}: allowed is >= 0.")
+        if self.base_url is not None:
+            urls = [self.base_url] if isinstance(self.base_url, str) else self.base_url
+            if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
+                raise TidalConfigError(
+                    f"base_url={self.base_url!r}: pass one or more http(s):// URLs of "
+                    "`vllm serve` replicas."
+                )
         if self.stop is not None and not all(isinstance(s, str) for s in self.stop):
             raise TidalConfigError(f"stop={self.stop!r}: allowed is a list of strings.")
         return self
@@ -170,11 +186,19 @@ class TidalChatModel(BaseChatModel):
 
     # ------------------------------------------------------------- resources
     @property
-    def engine(self) -> LocalVLLMEngine:
-        """The shared in-process engine for this model (started on first use)."""
+    def engine(self) -> LocalVLLMEngine | RemoteVLLMEngine:
+        """The shared engine for this model (started on first use): in-process,
+        or the ``vllm serve`` replicas at ``base_url``."""
         if self._engine is None:
             with self._lock:
-                if self._engine is None:
+                if self._engine is None and self.base_url is not None:
+                    self._engine = get_remote_engine(
+                        self.base_url,
+                        model=self.model,
+                        tokenizer=self.tokenizer,
+                        api_key=self.api_key.get_secret_value() if self.api_key else None,
+                    )
+                elif self._engine is None:
                     base = self.engine_config or EngineConfig()
                     cfg = base.model_copy(update={"model": self.model or base.model})
                     self._engine = get_engine(cfg)
@@ -190,7 +214,8 @@ class TidalChatModel(BaseChatModel):
     def accuracy_predictor(self) -> Any:
         """The trained default for the embedded model if shipped, else the prior."""
         if self._predictor is None:
-            trained = SklearnAccuracyPredictor.load_default() if self.model is None else None
+            embedded = self.model is None and self.base_url is None
+            trained = SklearnAccuracyPredictor.load_default() if embedded else None
             self._predictor = trained or PriorAccuracyPredictor()
         return self._predictor
 

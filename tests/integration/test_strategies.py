@@ -8,8 +8,7 @@ from typing import Any
 
 import pytest
 
-from tidal_agents.engine import GenerationRequest, GenerationResult, GuidedDecoding
-from tidal_agents.engine.local import LocalVLLMEngine
+from tidal_agents.engine import Engine, GenerationRequest, GenerationResult, GuidedDecoding
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection import parse_tool_call
 from tidal_agents.strategies import StepInput, StrategyConfig, StrategyResult, run_strategy
@@ -20,7 +19,7 @@ pytestmark = pytest.mark.engine
 class Recording:
     """The real engine, with every request and result kept for checking the cost record."""
 
-    def __init__(self, inner: LocalVLLMEngine) -> None:
+    def __init__(self, inner: Engine) -> None:
         self.inner = inner
         self.requests: list[GenerationRequest] = []
         self.results: list[GenerationResult] = []
@@ -48,13 +47,13 @@ def assert_exact_cost(res: StrategyResult, rec: Recording) -> None:
 
 
 @pytest.fixture
-def rec(engine: LocalVLLMEngine) -> Recording:
-    return Recording(engine)
+def rec(backend: Engine) -> Recording:
+    return Recording(backend)
 
 
-@pytest.fixture(scope="module")
-def math_prompt(engine: LocalVLLMEngine) -> str:
-    return engine.apply_chat_template(
+@pytest.fixture
+def math_prompt(backend: Engine) -> str:
+    return backend.apply_chat_template(
         [{"role": "user", "content": "What is 12 + 7? Think step by step, one step per line."}]
     )
 
@@ -84,7 +83,7 @@ async def test_best_of_n_is_one_request(rec: Recording, math_prompt: str) -> Non
     assert sum(res.details["tally"].values()) == voters
 
 
-async def test_tool_vote_on_guided_tool_calls(engine: LocalVLLMEngine, rec: Recording) -> None:
+async def test_tool_vote_on_guided_tool_calls(backend: Engine, rec: Recording) -> None:
     schema = {
         "type": "object",
         "properties": {
@@ -99,7 +98,7 @@ async def test_tool_vote_on_guided_tool_calls(engine: LocalVLLMEngine, rec: Reco
         "required": ["name", "arguments"],
         "additionalProperties": False,
     }
-    prompt = engine.apply_chat_template(
+    prompt = backend.apply_chat_template(
         [{"role": "user", "content": "Call a tool to add 2 and 3. Reply with JSON."}]
     )
     step = StepInput(prompt=prompt, guided=GuidedDecoding(json_schema=schema),
@@ -114,12 +113,12 @@ async def test_tool_vote_on_guided_tool_calls(engine: LocalVLLMEngine, rec: Reco
 
 
 async def test_adaptive_stops_early_on_an_easy_question(
-    engine: LocalVLLMEngine, rec: Recording
+    backend: Engine, rec: Recording
 ) -> None:
     # With the answer constrained to four words and a low temperature, the model
     # agrees with itself at once:
     # the adaptive rule must notice and stop before drawing all 8.
-    prompt = engine.apply_chat_template(
+    prompt = backend.apply_chat_template(
         [{"role": "user", "content": "What is the capital of France?"}]
     )
     step = StepInput(prompt=prompt, answer_kind="text",
@@ -134,7 +133,7 @@ async def test_adaptive_stops_early_on_an_easy_question(
     assert adaptive.details["samples"] < 8
     assert adaptive.details["waves"] == [2, 2][: len(adaptive.details["waves"])]
     full = await run_strategy(
-        engine, step,
+        backend, step,
         StrategyConfig("best_of_n", n=8, selector="majority", max_tokens=8, temperature=0.1),
     )
     assert full.details["samples"] == 8
@@ -226,15 +225,15 @@ async def test_past_deadline_single_returns_partial_not_raise(
 
 
 async def test_bad_configurations_raise_typed_errors(
-    engine: LocalVLLMEngine, math_prompt: str
+    backend: Engine, math_prompt: str
 ) -> None:
     step = StepInput(prompt=math_prompt)
     with pytest.raises(TidalConfigError, match="n=11"):
-        await run_strategy(engine, step, StrategyConfig("vllm_beam", n=11))
+        await run_strategy(backend, step, StrategyConfig("vllm_beam", n=11))
     guided = StepInput(prompt=math_prompt, guided=GuidedDecoding(regex="[0-9]"))
     with pytest.raises(TidalConfigError, match="grammar"):
-        await run_strategy(engine, guided, StrategyConfig("beam", n=2))
+        await run_strategy(backend, guided, StrategyConfig("beam", n=2))
     with pytest.raises(TidalConfigError, match="selector='first'"):
-        await run_strategy(engine, step, StrategyConfig("best_of_n", n=4, adaptive=True))
+        await run_strategy(backend, step, StrategyConfig("best_of_n", n=4, adaptive=True))
     with pytest.raises(TidalConfigError, match="scorer"):
-        await run_strategy(engine, step, StrategyConfig("best_of_n", n=2, selector="scorer"))
+        await run_strategy(backend, step, StrategyConfig("best_of_n", n=2, selector="scorer"))

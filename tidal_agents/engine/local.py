@@ -21,11 +21,13 @@ from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from tidal_agents.engine.config import EngineConfig, on_cpu
+from tidal_agents.engine.loop_thread import LoopThread
 from tidal_agents.engine.types import (
     FinishReason,
     GenerationRequest,
     GenerationResult,
     Sample,
+    check_prompt_ids,
 )
 from tidal_agents.errors import TidalConfigError, TidalEngineError, TidalError
 from tidal_agents.models import resolve_model
@@ -102,8 +104,7 @@ class LocalVLLMEngine:
 
     def __init__(self, config: EngineConfig | None = None) -> None:
         self.config = config or EngineConfig()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: LoopThread | None = None
         self._llm: Any = None
         self._tokenizer: Any = None
         self._model_path = ""
@@ -123,18 +124,12 @@ class LocalVLLMEngine:
             t0 = time.perf_counter()
             self._model_path = resolve_model(self.config.model)
             self.config.apply_environment()
-            loop = asyncio.new_event_loop()
-            thread = threading.Thread(
-                target=loop.run_forever, name="tidal-vllm-engine", daemon=True
-            )
-            thread.start()
-            self._loop, self._thread = loop, thread
+            runner = LoopThread("tidal-vllm-engine")
             try:
-                fut = asyncio.run_coroutine_threadsafe(self._create(), loop)
-                self._llm = fut.result()
+                self._llm = runner.submit(self._create()).result()
+                self._runner = runner
             except Exception as exc:
-                loop.call_soon_threadsafe(loop.stop)
-                self._loop = self._thread = None
+                runner.stop()
                 if isinstance(exc, TidalError):
                     raise
                 raise TidalEngineError(
@@ -161,18 +156,16 @@ class LocalVLLMEngine:
         """Stop the engine and its loop thread. Safe to call twice."""
         with self._start_lock:
             self._closed = True
-            llm, loop, thread = self._llm, self._loop, self._thread
-            self._llm = self._loop = self._thread = None
-        if llm is not None and loop is not None:
+            llm, runner = self._llm, self._runner
+            self._llm = self._runner = None
+        if llm is not None and runner is not None:
             try:
                 # On its own loop, so vLLM cancels its output tasks cleanly.
-                asyncio.run_coroutine_threadsafe(_shutdown_on_loop(llm), loop).result(timeout=30)
+                runner.submit(_shutdown_on_loop(llm)).result(timeout=30)
             except Exception:  # shutting down: nothing useful to do with it
                 logger.debug("vLLM shutdown raised", exc_info=True)
-        if loop is not None:
-            loop.call_soon_threadsafe(loop.stop)
-        if thread is not None:
-            thread.join(timeout=10)
+        if runner is not None:
+            runner.stop()
 
     @property
     def is_running(self) -> bool:
@@ -222,8 +215,8 @@ class LocalVLLMEngine:
     # ------------------------------------------------------------- generation
     def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
         self.start()
-        assert self._loop is not None
-        return asyncio.run_coroutine_threadsafe(coro, self._loop)
+        assert self._runner is not None
+        return self._runner.submit(coro)
 
     async def generate(
         self, request: GenerationRequest, on_token: TokenCallback | None = None
@@ -241,20 +234,7 @@ class LocalVLLMEngine:
         ids = (
             self.encode(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
         )
-        if not ids:
-            raise TidalConfigError("prompt encodes to zero tokens; pass a non-empty prompt.")
-        if len(ids) + request.max_tokens > self._max_model_len:
-            raise TidalConfigError(
-                f"prompt ({len(ids)} tokens) + max_tokens ({request.max_tokens}) exceeds the "
-                f"model's context of {self._max_model_len} tokens; shorten the conversation "
-                "or lower max_tokens."
-            )
-        vocab = len(self._tokenizer)
-        bad = [t for t in ids if t >= vocab]
-        if bad:
-            raise TidalConfigError(
-                f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})."
-            )
+        check_prompt_ids(ids, request.max_tokens, self._max_model_len, len(self._tokenizer))
         return ids
 
     def _sampling_params(self, request: GenerationRequest) -> Any:

@@ -208,3 +208,20 @@ class Engine(Protocol):
     ) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+
+def check_prompt_ids(ids: list[int], max_tokens: int, max_model_len: int, vocab: int) -> None:
+    """Raise TidalConfigError unless the prompt fits the model's context and vocabulary."""
+    if not ids:
+        raise TidalConfigError("prompt encodes to zero tokens; pass a non-empty prompt.")
+    if max_model_len and len(ids) + max_tokens > max_model_len:
+        raise TidalConfigError(
+            f"prompt ({len(ids)} tokens) + max_tokens ({max_tokens}) exceeds the "
+            f"model's context of {max_model_len} tokens; shorten the conversation "
+            "or lower max_tokens."
+        )
+    bad = [t for t in ids if t >= vocab]
+    if bad:
+        raise TidalConfigError(
+            f"prompt token ids {bad[:5]} are outside the vocabulary [0, {vocab})."
+        )
