@@ -7,15 +7,13 @@ embedded model), reached through the remote backend.
 
 from __future__ import annotations
 
-import concurrent.futures
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tidal_agents.engine import Engine, LocalVLLMEngine, get_engine
 from tidal_agents.engine.remote import RemoteVLLMEngine
-from tidal_agents.engine.vllm_server import VLLMServer
+from tidal_agents.engine.vllm_server import VLLMServer, start_servers
 
 
 @pytest.fixture(scope="session")
@@ -28,19 +26,6 @@ def engine() -> Iterator[LocalVLLMEngine]:
 @pytest.fixture(scope="session")
 def chat_prompt(engine: LocalVLLMEngine) -> str:
     return engine.apply_chat_template([{"role": "user", "content": "What is 2+3?"}])
-
-
-def start_servers(count: int, log_dir: Path) -> list[VLLMServer]:
-    """`count` real `vllm serve` processes on loopback, started side by side."""
-    servers = [VLLMServer(log_path=log_dir / f"vllm-serve-{i}.log") for i in range(count)]
-    with concurrent.futures.ThreadPoolExecutor(count) as pool:
-        futures = [pool.submit(s.start) for s in servers]
-        errors = [f.exception() for f in futures]
-    if any(errors):
-        for s in servers:
-            s.stop()
-        raise next(e for e in errors if e is not None)
-    return servers
 
 
 @pytest.fixture(scope="session")

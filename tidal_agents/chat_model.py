@@ -600,6 +600,8 @@ class TidalChatModel(BaseChatModel):
                     "cut_short": cost.cut_short,
                     "wall_s": cost.wall_s,
                     "engine_calls": cost.engine_calls,
+                    "engine_retries": cost.engine_retries,
+                    "servers": list(cost.servers),
                     "episode_id": episode.id if episode else None,
                     "step_index": step_index,
                 },
@@ -729,6 +731,8 @@ def _merge_costs(a: CostRecord, b: CostRecord) -> CostRecord:
         engine_calls=a.engine_calls + b.engine_calls,
         wall_s=a.wall_s + b.wall_s,
         cut_short=a.cut_short or b.cut_short,
+        servers=tuple(dict.fromkeys(a.servers + b.servers)),
+        engine_retries=a.engine_retries + b.engine_retries,
     )
 
 

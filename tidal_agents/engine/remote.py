@@ -23,8 +23,8 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Callable, Sequence
 from collections import OrderedDict
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 

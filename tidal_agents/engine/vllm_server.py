@@ -175,6 +175,26 @@ class VLLMServer:
         self.stop()
 
 
+def start_servers(count: int, log_dir: str | Path | None = None,
+                  config: EngineConfig | None = None) -> list[VLLMServer]:
+    """`count` servers on loopback, started side by side; all or none."""
+    import concurrent.futures
+
+    logs = Path(log_dir) if log_dir else None
+    servers = [
+        VLLMServer(config, log_path=logs / f"vllm-serve-{i}.log" if logs else None)
+        for i in range(count)
+    ]
+    with concurrent.futures.ThreadPoolExecutor(count) as pool:
+        errors = [f.exception() for f in [pool.submit(s.start) for s in servers]]
+    failed = [e for e in errors if e is not None]
+    if failed:
+        for s in servers:
+            s.stop()
+        raise failed[0]
+    return servers
+
+
 def _tail(path: Path | None, lines: int = 15) -> str:
     if path is None or not path.exists():
         return ""

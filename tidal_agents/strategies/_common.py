@@ -82,6 +82,8 @@ class CostMeter:
     generated_tokens: int = 0
     engine_calls: int = 0
     timed_out: bool = False
+    servers: list[str] = field(default_factory=list)
+    engine_retries: int = 0
 
     def add(self, result: GenerationResult) -> GenerationResult:
         self.prompt_tokens += result.prompt_tokens
@@ -89,6 +91,10 @@ class CostMeter:
         self.generated_tokens += result.generated_tokens
         self.engine_calls += 1
         self.timed_out = self.timed_out or result.timed_out
+        attempts = result.extra.get("attempts") or ()
+        self.engine_retries += max(len(attempts) - 1, 0)
+        if result.extra.get("replica") and result.extra["replica"] not in self.servers:
+            self.servers.append(result.extra["replica"])
         return result
 
     def record(self, cut_short: bool) -> CostRecord:
@@ -99,4 +105,6 @@ class CostMeter:
             engine_calls=self.engine_calls,
             wall_s=time.perf_counter() - self.started,
             cut_short=cut_short,
+            servers=tuple(self.servers),
+            engine_retries=self.engine_retries,
         )

@@ -105,6 +105,9 @@ class CostRecord:
     engine_calls: int = 0
     wall_s: float = 0.0
     cut_short: bool = False
+    #: remote fleets: the replicas that answered, and requests retried after a failure
+    servers: tuple[str, ...] = ()
+    engine_retries: int = 0
 
     @property
     def total_tokens(self) -> int:

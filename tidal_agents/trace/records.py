@@ -23,6 +23,9 @@ class Spent(BaseModel):
     generated_tokens: int = 0
     engine_calls: int = 0
     wall_s: float = 0.0
+    #: remote fleets: replicas that answered; requests retried on another replica
+    servers: tuple[str, ...] = ()
+    engine_retries: int = 0
 
 
 class StepRecord(BaseModel):
@@ -109,6 +112,8 @@ class StepRecord(BaseModel):
                 generated_tokens=c.generated_tokens,
                 engine_calls=c.engine_calls,
                 wall_s=c.wall_s,
+                servers=c.servers,
+                engine_retries=c.engine_retries,
             )
             selection = _jsonable(result.details)
             cut_short = c.cut_short
