@@ -103,7 +103,7 @@ async def test_episode_survives_a_replica_dying_mid_step(
     assert len(trace.read_text().splitlines()) == 2
 
 
-def test_all_replicas_down_is_a_clear_error(chat_prompt: str) -> None:
+def test_all_replicas_down_is_a_clear_error() -> None:
     with pytest.raises(TidalEngineError, match="No vLLM replica answered"):
         RemoteVLLMEngine(["http://127.0.0.1:9", "http://127.0.0.1:10"]).start()
 

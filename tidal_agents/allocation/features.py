@@ -23,6 +23,34 @@ ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
 _DIGIT_RUN = re.compile(r"\d+")
 _MATH_OPS = re.compile(r"(?<![a-zA-Z])[+\-*/^=×÷]|\\frac|\\sqrt|sqrt\(|\bsum\b|\bproduct\b")
 _WORD = re.compile(r"\w+")
+#: an arithmetic symbol between two operands ("3 + 4", "12*5", "7 x 8", "9 - 2", "8/2")
+_SYMBOL_OPS: dict[str, re.Pattern[str]] = {
+    "add": re.compile(r"(?<=[\w)\s])\+(?=\s*[\w(])"),
+    "sub": re.compile(r"(?<=[\d)])\s*[-\u2212]\s*(?=[\d(])"),
+    "mul": re.compile(r"(?<=[\d)])\s*(?:\*|\u00d7|\\times|\\cdot|x)\s*(?=[\d(])"),
+    "div": re.compile(r"(?<=[\d)])\s*(?:/|\u00f7|\\div)\s*(?=[\d(])|\\frac"),
+}
+#: operation words of everyday English (word problems); matched as whole words, lower case
+_OP_WORDS: dict[str, frozenset[str]] = {
+    "add": frozenset({
+        "add", "adds", "added", "adding", "plus", "sum", "total", "altogether", "combined",
+        "together", "more", "gets", "got", "gains", "gained", "receives", "received", "buys",
+        "bought", "increase", "increases", "increased",
+    }),
+    "sub": frozenset({
+        "minus", "subtract", "subtracts", "subtracted", "difference", "less", "fewer", "left",
+        "remain", "remains", "remaining", "away", "loses", "lost", "spends", "spent", "eats",
+        "ate", "decrease", "decreases", "decreased",
+    }),
+    "mul": frozenset({
+        "times", "multiply", "multiplies", "multiplied", "product", "each", "per", "every",
+        "twice", "double", "triple", "dozen", "dozens",
+    }),
+    "div": frozenset({
+        "divide", "divides", "divided", "quotient", "split", "share", "shared", "shares",
+        "half", "halves", "ratio", "average", "equally",
+    }),
+}
 
 #: the order of `StepFeatures.to_vector()` (predictors persist it to check compatibility)
 FEATURE_NAMES: tuple[str, ...] = (
@@ -44,6 +72,15 @@ FEATURE_NAMES: tuple[str, ...] = (
     "has_math_ops",
     "log_words",
     "question_marks",
+    "add_cues",
+    "sub_cues",
+    "mul_cues",
+    "div_cues",
+    "op_symbols",
+    "is_word_problem",
+    "min_number_digits",
+    "log10_max_number",
+    "log10_number_product",
 )
 
 
@@ -70,6 +107,18 @@ class StepFeatures:
         has_math_ops: the query contains arithmetic operators or math markup.
         words: word count of the query.
         question_marks: '?' characters in the query.
+        add_cues, sub_cues, mul_cues, div_cues: how often the query asks for
+            each operation, by symbol between operands ("3 + 4", "12 * 5",
+            "7 x 8", "9 - 2", "8 / 2", LaTeX \\times, \\frac) or by everyday
+            word ("plus", "total", "more"; "minus", "left", "fewer"; "times",
+            "each", "per"; "divided", "share", "half"). A small model's accuracy,
+            and what extra samples buy, differ by operation (FINDINGS section 4).
+        op_symbols: arithmetic symbols between operands (all operations).
+        is_word_problem: numbers in prose, with no arithmetic symbol between them.
+        min_number_digits: length of the shortest digit run (0 without numbers).
+        log10_max_number: log10(1 + the largest number in the query).
+        log10_number_product: sum of log10(1 + n) over the query's numbers, about
+            the digits of their product (how long the answer of a product is).
     """
 
     prompt_tokens: int
@@ -87,6 +136,15 @@ class StepFeatures:
     has_math_ops: bool = False
     words: int = 0
     question_marks: int = 0
+    add_cues: int = 0
+    sub_cues: int = 0
+    mul_cues: int = 0
+    div_cues: int = 0
+    op_symbols: int = 0
+    is_word_problem: bool = False
+    min_number_digits: int = 0
+    log10_max_number: float = 0.0
+    log10_number_product: float = 0.0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -96,13 +154,19 @@ class StepFeatures:
                     raise TidalConfigError(
                         f"answer_kind={value!r}: allowed are {', '.join(ANSWER_KINDS)}."
                     )
-            elif f.name in ("tool_choice_required", "has_math_ops"):
+            elif f.name in _BOOL_FIELDS:
                 if not isinstance(value, bool):
                     raise TidalConfigError(f"{f.name}={value!r}: allowed is True or False.")
             elif f.name == "expected_output_tokens":
                 if value is not None and (_bad_int(value) or value < 1):
                     raise TidalConfigError(
                         f"expected_output_tokens={value!r}: allowed is None or an integer >= 1."
+                    )
+            elif f.name in _FLOAT_FIELDS:
+                if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                        or not math.isfinite(value) or value < 0):
+                    raise TidalConfigError(
+                        f"{f.name}={value!r}: allowed is a finite number >= 0."
                     )
             elif _bad_int(value) or value < 0:
                 raise TidalConfigError(f"{f.name}={value!r}: allowed is an integer >= 0.")
@@ -136,6 +200,13 @@ class StepFeatures:
                 f"query_text must be a str, got {type(query_text).__name__}."
             )
         runs = _DIGIT_RUN.findall(query_text)
+        magnitudes = [_log10_1p(r) for r in runs]
+        lowered = query_text.lower()
+        words = _WORD.findall(lowered)
+        symbols = {op: len(rx.findall(lowered)) for op, rx in _SYMBOL_OPS.items()}
+        cues = {op: symbols[op] + sum(w in vocab for w in words)
+                for op, vocab in _OP_WORDS.items()}
+        op_symbols = sum(symbols.values())
         return cls(
             prompt_tokens=prompt_tokens,
             cached_prefix_tokens=cached_prefix_tokens,
@@ -152,6 +223,15 @@ class StepFeatures:
             has_math_ops=_MATH_OPS.search(query_text) is not None,
             words=len(_WORD.findall(query_text)),
             question_marks=query_text.count("?"),
+            add_cues=cues["add"],
+            sub_cues=cues["sub"],
+            mul_cues=cues["mul"],
+            div_cues=cues["div"],
+            op_symbols=op_symbols,
+            is_word_problem=bool(runs) and op_symbols == 0 and len(words) > len(runs) + 3,
+            min_number_digits=min((len(r) for r in runs), default=0),
+            log10_max_number=max(magnitudes, default=0.0),
+            log10_number_product=sum(magnitudes, 0.0),
         )
 
     def to_vector(self) -> np.ndarray:
@@ -180,10 +260,29 @@ class StepFeatures:
             float(self.has_math_ops),
             math.log1p(self.words),
             float(self.question_marks),
+            float(self.add_cues),
+            float(self.sub_cues),
+            float(self.mul_cues),
+            float(self.div_cues),
+            float(self.op_symbols),
+            float(self.is_word_problem),
+            float(self.min_number_digits),
+            float(self.log10_max_number),
+            float(self.log10_number_product),
         ]
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+_BOOL_FIELDS = frozenset({"tool_choice_required", "has_math_ops", "is_word_problem"})
+_FLOAT_FIELDS = frozenset({"log10_max_number", "log10_number_product"})
+
+
+def _log10_1p(digit_run: str) -> float:
+    """log10(1 + int(digit_run)), also for runs too long for int() or float()."""
+    head = digit_run.lstrip("0")[:15]
+    return math.log10(1 + float(head or "0")) + max(0, len(digit_run.lstrip("0")) - 15)
 
 
 def _bad_int(value: Any) -> bool:

@@ -67,7 +67,7 @@ async def _overhead(
     step = StepInput(prompt=prompt, answer_kind="text")
     cfg = StrategyConfig("single", temperature=0.0, max_tokens=max_tokens)
     ids = engine.encode(prompt)
-    assert engine._loop is not None
+    assert engine._runner is not None
     stack_s, bare_s, ratios = [], [], []
     stack_tokens = bare_tokens = 0
     for i in range(repeats):
@@ -80,10 +80,7 @@ async def _overhead(
                 walls[side] = time.perf_counter() - t0
                 stack_tokens += res.cost.generated_tokens
             else:
-                fut = asyncio.run_coroutine_threadsafe(
-                    _bare_generate(engine, ids, max_tokens), engine._loop
-                )
-                bare_tokens += await asyncio.wrap_future(fut)
+                bare_tokens += await engine._runner.run(_bare_generate(engine, ids, max_tokens))
                 walls[side] = time.perf_counter() - t0
         stack_s.append(walls["stack"])
         bare_s.append(walls["bare"])
