@@ -52,6 +52,26 @@ def test_main_end_to_end(tmp_path: Path) -> None:
     assert report["test_queries"] + report["train_queries"] == 90
 
 
+def test_cross_validation_selects_on_the_training_split_only() -> None:
+    rows = synthetic_rows(90)
+    tr, te = train.split_rows(rows, 0.3, seed=0)
+    cv = train.cross_validate(tr, "logistic", folds=3, repeats=2)
+    assert cv["queries"] == len({r["query_id"] for r in tr})
+    assert len(cv["gap_closed_at_matched_tokens_each"]) == 2 and 0 <= cv["brier"] < 0.25
+    folds = {train.cv_fold(r["query_id"], 3, 0) for r in tr}
+    assert folds == {0, 1, 2}
+    est, table = train.select_estimator(tr, ("logistic",), folds=3, repeats=1)
+    assert est == "logistic" and table[0]["estimator"] == "logistic"
+    # "select" records the CV table; held-out queries never enter it
+    _, report = train.train(rows, seed=0, estimator="select")
+    assert report["estimator"] in train.ESTIMATORS
+    assert {r["queries"] for r in report["cv"]} == {report["train_queries"]}
+    with pytest.raises(TidalConfigError, match="estimator='forest'"):
+        train.train(rows, estimator="forest")
+    with pytest.raises(TidalConfigError, match="folds=1"):
+        train.cross_validate(tr, "logistic", folds=1)
+
+
 def test_reliability_bins() -> None:
     table = train.reliability(np.array([0.05, 0.07, 0.95]), np.array([0.0, 1.0, 1.0]), bins=10)
     assert [t["count"] for t in table] == [2, 1]

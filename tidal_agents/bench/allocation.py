@@ -166,6 +166,58 @@ def _plots(
     return paths
 
 
+def allocation_figures(
+    names: Sequence[str],
+    labels: np.ndarray,
+    tokens: np.ndarray,
+    latency: np.ndarray,
+    acc_hat: np.ndarray,
+    tokens_hat: np.ndarray,
+    latency_hat: np.ndarray,
+    points: int = 30,
+) -> dict[str, Any]:
+    """Static, oracle and adaptive (lambda sweep) figures of Q x C outcome arrays.
+
+    `acc_hat` (Q x C) is the predicted accuracy of each configuration on each
+    query; `tokens_hat` / `latency_hat` (C) the predicted costs. The result has
+    the benchmark's keys plus ``_arrays`` (static, names, adaptive, oracle) for plots.
+    """
+    names = list(names)
+    static = np.stack([labels.mean(axis=0), tokens.mean(axis=0), latency.mean(axis=0)], axis=1)
+    best_i = int(np.lexsort((static[:, 1], -static[:, 0]))[0])
+    oc = oracle_choice(labels, tokens, latency)
+    oracle = evaluate_choices(oc[None, :], labels, tokens, latency)[0]
+    # lambdas in "accuracy per unit of cost", spanning the grid's cost ranges
+    lam_t = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / tokens_hat.max()])
+    lam_l = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / latency_hat.max()])
+    choices, lambdas = sweep(acc_hat, tokens_hat, latency_hat, lam_t, lam_l)
+    adaptive = evaluate_choices(choices, labels, tokens, latency)
+
+    out: dict[str, Any] = {
+        "configs": names,
+        "static": {n: _point(*static[i]) for i, n in enumerate(names)},
+        "static_best": {"config": names[best_i], **_point(*static[best_i])},
+        "oracle": _point(*oracle),
+    }
+    for key, col in (("latency", 2), ("tokens", 1)):
+        j = matched(adaptive, col, static[best_i, col])
+        if j is None:
+            out[f"adaptive_at_matched_{key}"] = None
+            out[f"gap_closed_at_matched_{key}"] = None
+            continue
+        lt, ll = lambdas[j]
+        picked = np.bincount(choices[j], minlength=len(names))
+        out[f"adaptive_at_matched_{key}"] = {
+            **_point(*adaptive[j]), "lambda_tokens": float(lt), "lambda_latency": float(ll),
+            "configs_used": {names[k]: int(c) for k, c in enumerate(picked) if c},
+        }
+        out[f"gap_closed_at_matched_{key}"] = _gap(adaptive[j, 0], static[best_i, 0], oracle[0])
+    # the sweep's highest accuracy at any cost, for scale
+    out["adaptive_max_accuracy"] = float(adaptive[:, 0].max())
+    out["_arrays"] = (static, names, adaptive, oracle)
+    return out
+
+
 def evaluate(
     rows: Sequence[dict[str, Any]],
     predictor: Any,
@@ -185,39 +237,9 @@ def evaluate(
     flat = [by[(q, c)] for q in qids for c in names]
     acc_hat = predict_rows(predictor, flat).reshape(len(qids), len(names))
 
-    static = np.stack([labels.mean(axis=0), tokens.mean(axis=0), latency.mean(axis=0)], axis=1)
-    best_i = int(np.lexsort((static[:, 1], -static[:, 0]))[0])
-    oc = oracle_choice(labels, tokens, latency)
-    oracle = evaluate_choices(oc[None, :], labels, tokens, latency)[0]
-    # lambdas in "accuracy per unit of cost", spanning the grid's cost ranges
-    lam_t = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / tokens_hat.max()])
-    lam_l = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / latency_hat.max()])
-    choices, lambdas = sweep(acc_hat, tokens_hat, latency_hat, lam_t, lam_l)
-    adaptive = evaluate_choices(choices, labels, tokens, latency)
-
-    out: dict[str, Any] = {
-        "held_out_queries": len(qids),
-        "configs": names,
-        "static": {n: _point(*static[i]) for i, n in enumerate(names)},
-        "static_best": {"config": names[best_i], **_point(*static[best_i])},
-        "oracle": _point(*oracle),
-    }
-    for key, col in (("latency", 2), ("tokens", 1)):
-        j = matched(adaptive, col, static[best_i, col])
-        if j is None:
-            out[f"adaptive_at_matched_{key}"] = None
-            out[f"gap_closed_at_matched_{key}"] = None
-            continue
-        lt, ll = lambdas[j]
-        picked = np.bincount(choices[j], minlength=len(names))
-        out[f"adaptive_at_matched_{key}"] = {
-            **_point(*adaptive[j]), "lambda_tokens": float(lt), "lambda_latency": float(ll),
-            "configs_used": {names[k]: int(c) for k, c in enumerate(picked) if c},
-        }
-        out[f"gap_closed_at_matched_{key}"] = _gap(adaptive[j, 0], static[best_i, 0], oracle[0])
-    # the adaptive policy's accuracy at the cost of the cheapest static config, for scale
-    out["adaptive_max_accuracy"] = float(adaptive[:, 0].max())
-    out["_arrays"] = (static, names, adaptive, oracle)
+    out: dict[str, Any] = {"held_out_queries": len(qids)}
+    out.update(allocation_figures(names, labels, tokens, latency, acc_hat, tokens_hat,
+                                  latency_hat, points))
     return out
 
 
@@ -259,7 +281,7 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
     report_path = data_dir() / REPORT_FILE
     fraction, seed = DEFAULT_TEST_FRACTION, 0
     predictor = None
-    source = "trained in this run on the training split"
+    source = "trained in this run on the training split (estimator chosen by CV on it)"
     if not outcome_files and report_path.exists():
         report = json.loads(report_path.read_text())
         fraction, seed = float(report["test_fraction"]), int(report["split_seed"])
@@ -267,7 +289,7 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
         source = "shipped (tidal_agents/data), trained on the same training split"
     if predictor is None:
         split_rows(rows, fraction, seed)  # fails clearly on a degenerate split
-        predictor, _ = train(rows, fraction, seed)
+        predictor, _ = train(rows, fraction, seed, estimator="select")
     points = 12 if getattr(args, "quick", False) else 30
     result = evaluate(rows, predictor, fraction, seed, points=points)
     static, names, adaptive, oracle = result.pop("_arrays")

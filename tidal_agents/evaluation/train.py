@@ -7,6 +7,12 @@ evaluates on exactly the queries the shipped predictor never saw.
 Held-out Brier scores are reported for the trained predictor and for two
 references: the per-configuration training mean (what a predictor that
 ignores the query can do) and the closed-form `PriorAccuracyPredictor`.
+
+The estimator is chosen by cross-validation on the *training* split only
+(`cross_validate`, ``--estimator select``): query-grouped folds, pooled
+out-of-fold predictions, scored by the allocation benchmark's own figure (gap
+closed at matched tokens) and, among ties (half a query), by Brier. The held-out split plays
+no part in the choice.
 """
 
 from __future__ import annotations
@@ -28,6 +34,10 @@ from tidal_agents.evaluation.collect import read_rows
 
 DEFAULT_TEST_FRACTION = 0.3
 REPORT_FILE = "accuracy_predictor.json"
+#: the estimators `--estimator select` compares by cross-validation on the training split
+ESTIMATORS: tuple[str, ...] = ("logistic", "hgb")
+#: the estimator used when none is named (the choice of `select` on the committed outcomes)
+DEFAULT_ESTIMATOR = "logistic"
 
 
 def data_dir() -> Path:
@@ -162,16 +172,125 @@ def save_reliability_plot(table: list[dict[str, float]], path: Path, title: str)
     return path
 
 
+def cv_fold(query_id: str, folds: int, repeat: int, seed: int = 0) -> int:
+    """Deterministic fold of a query in cross-validation repeat `repeat`."""
+    h = hashlib.sha256(f"cv{seed}:{repeat}:{query_id}".encode()).digest()
+    return int.from_bytes(h[:8], "big") % folds
+
+
+def cross_validate(
+    rows: Sequence[dict[str, Any]],
+    estimator: str,
+    folds: int = 5,
+    repeats: int = 3,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Query-grouped k-fold cross-validation of one estimator on `rows` (a training split).
+
+    Each repeat predicts every query with a model that never saw it (pooled
+    out-of-fold predictions) and scores them as `bench allocation` scores the
+    held-out split: Brier, and static best / oracle / adaptive at matched
+    tokens and latency (costs: the per-configuration means of `rows`). Returns
+    the means over repeats and each repeat's gap closed at matched tokens.
+    """
+    from tidal_agents.allocation.predictor import SklearnAccuracyPredictor
+    from tidal_agents.bench.allocation import allocation_figures, outcome_matrices
+
+    if not isinstance(folds, int) or folds < 2 or not isinstance(repeats, int) or repeats < 1:
+        raise TidalConfigError(f"folds={folds!r}, repeats={repeats!r}: allowed are folds >= 2, "
+                               "repeats >= 1.")
+    qids, names, labels, tokens, latency = outcome_matrices(rows)
+    if len(qids) < 2 * folds:
+        raise TidalConfigError(f"{len(qids)} complete queries; cross-validation with "
+                               f"folds={folds} needs at least {2 * folds}.")
+    by = {(r["query_id"], r["config"]): r for r in rows}
+    briers: list[float] = []
+    figures: list[dict[str, Any]] = []
+    for rep in range(repeats):
+        fold_of = np.array([cv_fold(q, folds, rep, seed) for q in qids])
+        acc_hat = np.zeros_like(labels)
+        for k in range(folds):
+            held = np.flatnonzero(fold_of == k)
+            if len(held) == 0:
+                continue
+            fit_rows = [by[(q, c)] for i, q in enumerate(qids) if fold_of[i] != k for c in names]
+            pred = SklearnAccuracyPredictor(estimator=estimator,  # type: ignore[arg-type]
+                                            random_state=seed)
+            pred.fit(training_rows(fit_rows))
+            flat = [by[(qids[i], c)] for i in held for c in names]
+            acc_hat[held] = predict_rows(pred, flat).reshape(len(held), len(names))
+        briers.append(brier(acc_hat.ravel(), labels.ravel()))
+        fig = allocation_figures(names, labels, tokens, latency, acc_hat, tokens.mean(axis=0),
+                                 latency.mean(axis=0))
+        fig.pop("_arrays")
+        figures.append(fig)
+
+    def mean_of(key: str, field: str | None = None) -> float | None:
+        vals = [f[key] if field is None else (f[key] or {}).get(field) for f in figures]
+        numbers = [float(v) for v in vals if v is not None]
+        return float(np.mean(numbers)) if len(numbers) == len(vals) else None
+
+    return {
+        "estimator": estimator,
+        "folds": folds,
+        "repeats": repeats,
+        "queries": len(qids),
+        "brier": float(np.mean(briers)),
+        "static_best": figures[0]["static_best"],
+        "oracle_accuracy": figures[0]["oracle"]["accuracy"],
+        "adaptive_accuracy_at_matched_tokens": mean_of("adaptive_at_matched_tokens", "accuracy"),
+        "adaptive_tokens_at_matched_tokens": mean_of("adaptive_at_matched_tokens", "tokens"),
+        "gap_closed_at_matched_tokens": mean_of("gap_closed_at_matched_tokens"),
+        "gap_closed_at_matched_latency": mean_of("gap_closed_at_matched_latency"),
+        "gap_closed_at_matched_tokens_each": [
+            None if (g := f["gap_closed_at_matched_tokens"]) is None else float(g) for f in figures
+        ],
+    }
+
+
+def select_estimator(
+    rows: Sequence[dict[str, Any]], candidates: Sequence[str] = ESTIMATORS, seed: int = 0,
+    folds: int = 5, repeats: int = 3,
+) -> tuple[str, list[dict[str, Any]]]:
+    """The candidate with the highest cross-validated gap closed at matched tokens.
+
+    Candidates whose adaptive accuracy at matched tokens is within half a
+    query's worth (0.5 / queries) of the best count as tied; the lower
+    cross-validated Brier score breaks the tie. `rows` must be the training split.
+    """
+    results = [cross_validate(rows, c, folds, repeats, seed) for c in candidates]
+    tie = 0.5 / results[0]["queries"]
+
+    def accuracy(r: dict[str, Any]) -> float:
+        a = r["adaptive_accuracy_at_matched_tokens"]
+        return -np.inf if a is None else float(a)
+
+    best = max(accuracy(r) for r in results)
+    contenders = [r for r in results if accuracy(r) >= best - tie]
+    return min(contenders, key=lambda r: r["brier"])["estimator"], results
+
+
 def train(
     rows: Sequence[dict[str, Any]],
     test_fraction: float = DEFAULT_TEST_FRACTION,
     seed: int = 0,
-    estimator: str = "hgb",
+    estimator: str = DEFAULT_ESTIMATOR,
 ) -> tuple[Any, dict[str, Any]]:
-    """Fit on the training split; evaluate on the held-out split. Returns (predictor, report)."""
+    """Fit on the training split; evaluate on the held-out split. Returns (predictor, report).
+
+    `estimator` "select" picks among `ESTIMATORS` by cross-validation on the
+    training split (`select_estimator`); the report then carries the CV table.
+    """
     from tidal_agents.allocation.predictor import PriorAccuracyPredictor, SklearnAccuracyPredictor
 
     train_rows, test_rows = split_rows(rows, test_fraction, seed)
+    cv_table: list[dict[str, Any]] | None = None
+    if estimator == "select":
+        estimator, cv_table = select_estimator(train_rows, seed=seed)
+    elif estimator not in ESTIMATORS:
+        raise TidalConfigError(
+            f"estimator={estimator!r}: allowed are {', '.join(ESTIMATORS)}, 'select'."
+        )
     predictor = SklearnAccuracyPredictor(estimator=estimator, random_state=seed)  # type: ignore[arg-type]
     predictor.fit(training_rows(train_rows))
     label = np.array([r["soft_label"] for r in test_rows], dtype=float)
@@ -199,6 +318,10 @@ def train(
         "mean_soft_label_test": float(label.mean()),
         "reliability": reliability(pred, label),
     }
+    if cv_table is not None:
+        report["selected_by"] = ("cross-validation on the training split: highest gap closed "
+                                 "at matched tokens, ties (half a query) broken by Brier")
+        report["cv"] = cv_table
     return predictor, report
 
 
@@ -209,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="outcome JSONL(.gz) files (default: tidal_agents/data/outcomes-*)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION)
     p.add_argument("--seed", type=int, default=0, help="split seed")
-    p.add_argument("--estimator", choices=["hgb", "logistic"], default="hgb")
+    p.add_argument("--estimator", choices=[*ESTIMATORS, "select"], default="select",
+                   help="'select': choose by cross-validation on the training split")
     p.add_argument("--model-out", type=Path, default=None,
                    help="where to save the predictor (default: tidal_agents/data/)")
     p.add_argument("--plot", type=Path, default=Path("docs/figures/reliability.png"))
@@ -227,7 +351,11 @@ def main(argv: list[str] | None = None) -> int:
              f"per-config mean {report['brier_per_config_mean']:.3f})")
     save_reliability_plot(report["reliability"], args.plot, title)
     report["plot"] = str(args.plot)
-    print(json.dumps({k: v for k, v in report.items() if k != "reliability"}, indent=2))
+    print(json.dumps({k: v for k, v in report.items() if k not in ("reliability", "cv")},
+                     indent=2))
+    for r in report.get("cv", []):
+        print(f"cv {r['estimator']}: brier {r['brier']:.4f}, gap closed at matched tokens "
+              f"{r['gap_closed_at_matched_tokens']}", file=sys.stderr)
     return 0
 
 
