@@ -25,6 +25,41 @@ def test_from_text_counts_cheap_cues() -> None:
     assert not plain.has_math_ops and plain.digits == 0  # a hyphen between words is no math
 
 
+def test_operation_cues_tell_addition_from_multiplication() -> None:
+    add = StepFeatures.from_text("What is 87 + 28?", prompt_tokens=53)
+    mul = StepFeatures.from_text("What is 87 * 28?", prompt_tokens=53)
+    assert (add.add_cues, add.mul_cues, mul.add_cues, mul.mul_cues) == (1, 0, 0, 1)
+    assert add.op_symbols == mul.op_symbols == 1
+    assert add.to_vector()[FEATURE_NAMES.index("add_cues")] == 1.0
+    assert not np.array_equal(add.to_vector(), mul.to_vector())
+    for text in ("7 x 8", "7×8", "3 \\times 4", "What is 6 times 7?"):
+        assert StepFeatures.from_text(text, prompt_tokens=10).mul_cues == 1, text
+    sub = StepFeatures.from_text("What is 12 - 5?", prompt_tokens=10)
+    div = StepFeatures.from_text("What is 12 / 4? Split it equally.", prompt_tokens=10)
+    assert (sub.sub_cues, sub.add_cues) == (1, 0) and div.div_cues == 3
+
+
+def test_word_problems_and_number_magnitudes() -> None:
+    word_mul = StepFeatures.from_text(
+        "There are 4 boxes with 6 books in each box. How many books in total?", prompt_tokens=62
+    )
+    word_sub = StepFeatures.from_text(
+        "Ella has 47 stickers and gives away 14. How many stickers are left?", prompt_tokens=63
+    )
+    assert word_mul.is_word_problem and word_sub.is_word_problem
+    assert word_mul.mul_cues == 1 and word_sub.sub_cues == 2 and word_sub.add_cues == 0
+    symbolic = StepFeatures.from_text("What is 417 * 3?", prompt_tokens=53)
+    assert not symbolic.is_word_problem and symbolic.min_number_digits == 1
+    assert symbolic.log10_max_number == pytest.approx(np.log10(418))
+    assert symbolic.log10_number_product == pytest.approx(np.log10(418) + np.log10(4))
+    plain = StepFeatures.from_text("Tell me about the well-known sea.", prompt_tokens=30)
+    assert (plain.sub_cues, plain.op_symbols, plain.log10_number_product) == (0, 0, 0.0)
+    assert not plain.is_word_problem
+    # a digit run too long for int(): magnitude from its length, no error
+    huge = StepFeatures.from_text("9" * 5000, prompt_tokens=10)
+    assert huge.log10_max_number == pytest.approx(5000, abs=1e-6)
+
+
 def test_vector_matches_names_and_is_frozen() -> None:
     f = StepFeatures.from_text("2 + 2", prompt_tokens=10, expected_output_tokens=32)
     v = f.to_vector()
@@ -45,6 +80,9 @@ def test_vector_matches_names_and_is_frozen() -> None:
         ({"prompt_tokens": 10, "expected_output_tokens": 0}, "expected_output_tokens=0"),
         ({"prompt_tokens": 10, "tool_choice_required": 1}, "tool_choice_required=1"),
         ({"prompt_tokens": 2.5}, "prompt_tokens=2.5"),
+        ({"prompt_tokens": 10, "is_word_problem": 1}, "is_word_problem=1"),
+        ({"prompt_tokens": 10, "log10_max_number": -1.0}, "log10_max_number=-1.0"),
+        ({"prompt_tokens": 10, "log10_number_product": float("nan")}, "log10_number_product=nan"),
     ],
 )
 def test_bad_features_are_typed_errors(kwargs: dict, fragment: str) -> None:

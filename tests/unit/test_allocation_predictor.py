@@ -16,7 +16,12 @@ from tidal_agents.allocation import (
     bootstrap_soft_label,
     default_grid,
 )
-from tidal_agents.allocation.predictor import AccuracyPredictor, design_matrix
+from tidal_agents.allocation.features import FEATURE_NAMES
+from tidal_agents.allocation.predictor import (
+    CONFIG_FEATURE_NAMES,
+    AccuracyPredictor,
+    design_matrix,
+)
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.strategies.base import StrategyConfig
 
@@ -131,6 +136,18 @@ def test_shipped_default_predictor_loads_if_present() -> None:
     accs = pred.predict(q("What is 3 + 4?"), GRID)
     assert len(accs) == len(GRID) and all(0 <= a <= 1 for a in accs)
     assert pred._fast is not None  # compiled: decisions stay well under a millisecond
+    # the shipped model was trained on this version's feature vector, in this order
+    assert pred.feature_names == FEATURE_NAMES + CONFIG_FEATURE_NAMES
+    width = design_matrix([(q("What is 3 + 4?"), GRID[0])]).shape[1]
+    assert width == len(FEATURE_NAMES) + len(CONFIG_FEATURE_NAMES)
+    est = pred.model.calibrated_classifiers_[0].estimator
+    assert est.n_features_in_ == pred._inputs(np.zeros((1, width))).shape[1]
+    # the chat model's kind of step ("text", with the answer instruction) is predicted too
+    chat = StepFeatures.from_text(
+        "What is 87 * 28?\nGive the final answer as a single number at the end.",
+        prompt_tokens=53, answer_kind="text",
+    )
+    assert all(0 <= a <= 1 for a in pred.predict(chat, GRID))
 
 
 def test_trained_predictor_errors(tmp_path: Path) -> None:

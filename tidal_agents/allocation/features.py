@@ -23,6 +23,7 @@ ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
 _DIGIT_RUN = re.compile(r"\d+")
 _MATH_OPS = re.compile(r"(?<![a-zA-Z])[+\-*/^=×÷]|\\frac|\\sqrt|sqrt\(|\bsum\b|\bproduct\b")
 _WORD = re.compile(r"\w+")
+_LATEX_COMMAND = re.compile(r"\\[a-zA-Z]+")
 #: an arithmetic symbol between two operands ("3 + 4", "12*5", "7 x 8", "9 - 2", "8/2")
 _SYMBOL_OPS: dict[str, re.Pattern[str]] = {
     "add": re.compile(r"(?<=[\w)\s])\+(?=\s*[\w(])"),
@@ -202,7 +203,8 @@ class StepFeatures:
         runs = _DIGIT_RUN.findall(query_text)
         magnitudes = [_log10_1p(r) for r in runs]
         lowered = query_text.lower()
-        words = _WORD.findall(lowered)
+        # operation words outside LaTeX commands (\times is a symbol, not the word "times")
+        words = _WORD.findall(_LATEX_COMMAND.sub(" ", lowered))
         symbols = {op: len(rx.findall(lowered)) for op, rx in _SYMBOL_OPS.items()}
         cues = {op: symbols[op] + sum(w in vocab for w in words)
                 for op, vocab in _OP_WORDS.items()}
