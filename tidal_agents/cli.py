@@ -12,7 +12,7 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from tidal_agents.errors import TidalError
+from tidal_agents.errors import TidalConfigError, TidalError
 
 
 def _print_json(obj: Any) -> None:
@@ -44,7 +44,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.what == "engine":
         from tidal_agents.bench import engine as bench_engine
 
-        runners["engine"] = lambda: bench_engine.run(config, max_tokens=args.max_tokens)
+        if args.remote:
+            runners["engine"] = lambda: bench_engine.run_remote(
+                config, args.remote, max_tokens=args.max_tokens
+            )
+        else:
+            runners["engine"] = lambda: bench_engine.run(config, max_tokens=args.max_tokens)
     else:
         import importlib
 
@@ -75,6 +80,52 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     model = calibrate(engine, quick=args.quick)
     print(summary(model))
     print(f"saved to {default_path(engine.backend_id)}")
+    return 0
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    from integrations.openai_server import ServerSettings, serve
+    from tidal_agents.chat_model import TidalChatModel
+
+    from pydantic import SecretStr
+
+    key = args.api_key or os.environ.get("TIDAL_API_KEY")
+    try:
+        settings = ServerSettings(
+            host=args.host, port=args.port, allow_remote=args.allow_remote,
+            api_key=SecretStr(key) if key else None,
+            served_model_name=args.served_model_name, max_tokens_limit=args.max_tokens_limit,
+            max_request_bytes=args.max_request_bytes,
+        )
+    except ValueError as exc:
+        raise TidalConfigError(str(exc)) from exc
+    settings.check()
+    model = TidalChatModel(model_name=args.model, base_url=args.engine_url)
+    print(f"serving OpenAI-compatible chat completions on http://{args.host}:{args.port}/v1",
+          file=sys.stderr)
+    serve(model, settings)
+    return 0
+
+
+def cmd_vllm_serve(args: argparse.Namespace) -> int:
+    import signal
+
+    from tidal_agents.engine import EngineConfig
+    from tidal_agents.engine.vllm_server import start_servers
+
+    servers = start_servers(args.count, config=EngineConfig(model=args.model))
+    for s in servers:
+        print(s.url, flush=True)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    try:
+        signal.pause()  # until Ctrl-C or SIGTERM
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for s in servers:
+            s.stop()
     return 0
 
 
@@ -128,7 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="fewer items (for smoke tests)")
+    p.add_argument(
+        "--remote", default=None, metavar="URL",
+        help="bench engine: compare a `vllm serve` at URL ('auto': start one here) "
+        "with the in-process engine",
+    )
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("serve", help="OpenAI-compatible HTTP front with allocation per request")
+    p.add_argument("--host", default="127.0.0.1", help="bind address (default: loopback)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow a non-loopback --host (an API key is then required)")
+    p.add_argument("--api-key", default=None,
+                   help="required bearer token (default: $TIDAL_API_KEY, else none)")
+    p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
+    p.add_argument("--engine-url", action="append", default=None, metavar="URL",
+                   help="generate on these `vllm serve` replicas (repeatable)")
+    p.add_argument("--max-tokens-limit", type=int, default=1024)
+    p.add_argument("--max-request-bytes", type=int, default=1_000_000)
+    p.add_argument("--served-model-name", default="tidal")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("vllm-serve", help="start `vllm serve` replicas on loopback with "
+                       "this package's engine settings (for --engine-url / base_url)")
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
+    p.set_defaults(func=cmd_vllm_serve)
     return parser
 
 

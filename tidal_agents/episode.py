@@ -54,7 +54,7 @@ CONFIG_KEYS = {
     "tidal_expected_steps": "expected_steps",
     "tidal_safety_margin_s": "safety_margin_s",
     "tidal_on_deadline": "on_deadline",
-    "tidal_episode_id": None,  # ties steps together; not an Episode argument
+    "tidal_episode_id": "episode_id",  # also ties the steps of one episode together
 }
 
 
@@ -90,6 +90,7 @@ class Episode:
             time left; "fallback" -> run the fastest configuration with
             ``fallback_allowance_s`` (a bounded overrun, recorded in the trace).
         grid: configurations to choose among (default: allocation.default_grid()).
+        episode_id: the trace's name, also set by ``tidal_episode_id`` (default: random).
     """
 
     def __init__(
@@ -104,7 +105,10 @@ class Episode:
         fallback_allowance_s: float = 1.0,
         grid: Sequence[StrategyConfig] | None = None,
         clock: Callable[[], float] = time.monotonic,
+        episode_id: str | None = None,
     ) -> None:
+        if episode_id is not None and (not isinstance(episode_id, str) or not episode_id):
+            raise TidalConfigError(f"episode_id={episode_id!r}: allowed is a non-empty string.")
         if (
             not isinstance(deadline_s, (int, float))
             or isinstance(deadline_s, bool)
@@ -137,7 +141,7 @@ class Episode:
         self.on_deadline = on_deadline
         self.fallback_allowance_s = float(fallback_allowance_s)
         self.grid = tuple(grid) if grid else None
-        self.id = uuid.uuid4().hex[:12]
+        self.id = episode_id or uuid.uuid4().hex[:12]
         self._clock = clock
         self.started = clock()
         self.started_wall = time.time()
@@ -282,7 +286,7 @@ class Episode:
         for key, value in ours.items():
             arg = CONFIG_KEYS[key]
             if arg is not None:
-                kwargs[arg] = value
+                kwargs[arg] = str(value) if arg == "episode_id" else value
         return cls(grid=grid, **kwargs)
 
     def __repr__(self) -> str:

@@ -56,3 +56,59 @@ def run(
         engine.shutdown()
     return {"startup_s": startup, **figures, "max_tokens": max_tokens, "repeats": repeats,
             "backend": engine.backend_id}
+
+
+async def _remote_vs_local(
+    local: LocalVLLMEngine, remote: Any, max_tokens: int, repeats: int
+) -> dict[str, Any]:
+    """The same requests on both backends, alternating, one at a time."""
+    prompt = local.apply_chat_template([{"role": "user", "content": _QUESTION}])
+    walls: dict[tuple[str, int], list[float]] = {}
+    first: dict[str, list[float]] = {"local": [], "remote": []}
+    for eng in (local, remote):  # warm-up, not measured
+        await eng.generate(GenerationRequest(prompt=prompt, n=2, max_tokens=4))
+    for i in range(repeats):
+        for n in (1, 8):
+            order = [("local", local), ("remote", remote)]
+            for name, eng in order if i % 2 == 0 else order[::-1]:
+                r = await eng.generate(GenerationRequest(
+                    prompt=prompt, n=n, temperature=0.8, max_tokens=max_tokens, ignore_eos=True
+                ))
+                assert r.generated_tokens == n * max_tokens
+                walls.setdefault((name, n), []).append(r.wall_s)
+                if r.first_token_s is not None:
+                    first[name].append(r.first_token_s)
+
+    def ratio(n: int) -> float:
+        return sum(walls[("remote", n)]) / sum(walls[("local", n)])
+
+    return {
+        "remote_vs_local_wall_ratio_n1": ratio(1),
+        "remote_vs_local_wall_ratio_n8": ratio(8),
+        "local_wall_s_n1": sum(walls[("local", 1)]) / repeats,
+        "remote_wall_s_n1": sum(walls[("remote", 1)]) / repeats,
+        "local_first_token_s": sum(first["local"]) / max(len(first["local"]), 1),
+        "remote_first_token_s": sum(first["remote"]) / max(len(first["remote"]), 1),
+    }
+
+
+def run_remote(
+    config: EngineConfig | None, url: str, max_tokens: int = 64, repeats: int = 3
+) -> dict[str, Any]:
+    """Remote (`vllm serve` at `url`, or one started here for "auto") vs in-process."""
+    from tidal_agents.engine.remote import RemoteVLLMEngine
+    from tidal_agents.engine.vllm_server import VLLMServer
+
+    server = VLLMServer(config).start() if url == "auto" else None
+    remote = RemoteVLLMEngine(server.url if server else url).start()
+    local = LocalVLLMEngine(config).start()
+    try:
+        figures = asyncio.run(_remote_vs_local(local, remote, max_tokens, repeats))
+    finally:
+        remote.shutdown()
+        local.shutdown()
+        if server is not None:
+            server.stop()
+    return {**figures, "max_tokens": max_tokens, "repeats": repeats,
+            "remote": remote.backend_id, "local": local.backend_id,
+            "remote_server_startup_s": server.startup_s if server else None}
