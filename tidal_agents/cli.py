@@ -86,10 +86,10 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
 def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
+    from pydantic import SecretStr
+
     from integrations.openai_server import ServerSettings, serve
     from tidal_agents.chat_model import TidalChatModel
-
-    from pydantic import SecretStr
 
     key = args.api_key or os.environ.get("TIDAL_API_KEY")
     try:
