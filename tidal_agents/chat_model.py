@@ -566,6 +566,7 @@ class TidalChatModel(BaseChatModel):
                 1 for m in messages if isinstance(m, ToolMessage) and m.status == "error"
             ),
             answer_kind=answer_kind,
+            concurrent_sequences=max(int(getattr(engine, "in_flight_sequences", 0)), 0),
         )
         grid = self._grid(max_tokens, guided=guided is not None)
         predictor = self._predictor_for(features, grid)

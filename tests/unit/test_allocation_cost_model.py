@@ -168,3 +168,37 @@ def test_bad_values_are_typed_errors(tmp_path: Path) -> None:
     bad.write_text("{not json")
     with pytest.raises(TidalConfigError, match="not valid JSON"):
         CostModel.load(bad)
+
+
+def test_load_raises_latency_and_pushes_the_choice_to_cheaper_configs() -> None:
+    from tidal_agents.allocation import PriorAccuracyPredictor
+    from tidal_agents.allocation.controller import decide
+
+    cm = CostModel.default()
+    grid = default_grid(max_tokens=64)
+    calm = StepFeatures.from_text("What is 17 * 23?", prompt_tokens=60)
+    busy = StepFeatures.from_text("What is 17 * 23?", prompt_tokens=60, concurrent_sequences=8)
+    for config in grid:
+        assert cm.predict(config, busy).latency_s > cm.predict(config, calm).latency_s
+        assert cm.predict(config, busy).tokens == cm.predict(config, calm).tokens
+    # an allowance that fits the widest sampling config when idle, not under load
+    widest = max((c for c in grid if c.strategy == "best_of_n"), key=lambda c: c.n)
+    allowance = cm.predict(widest, calm).latency_s * 1.05
+    prior = PriorAccuracyPredictor()
+    idle_choice = decide(calm, grid, cm, prior, 0.0, 0.0, allowance)
+    busy_choice = decide(busy, grid, cm, prior, 0.0, 0.0, allowance)
+    idle_cost = cm.predict(idle_choice.config, calm).tokens
+    busy_cost = cm.predict(busy_choice.config, busy).tokens
+    assert busy_cost < idle_cost
+    assert busy_choice.any_fits
+    assert cm.predict(busy_choice.config, busy).latency_s <= allowance
+
+
+def test_load_is_not_mistaken_for_a_slower_machine() -> None:
+    cm = CostModel.default()
+    cfg = StrategyConfig("single", max_tokens=64)
+    busy = StepFeatures(prompt_tokens=50, expected_output_tokens=64, concurrent_sequences=40)
+    expected = cm.predict(cfg, busy).latency_s
+    cm.update(cfg, busy, CostRecord(prompt_tokens=50, generated_tokens=64, engine_calls=1,
+                                    wall_s=expected))
+    assert cm.load_factor == pytest.approx(1.0)

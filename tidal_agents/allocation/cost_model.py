@@ -10,6 +10,7 @@ Latency of one strategy run::
             + prefill_s_per_token * prefill_tokens
             + decode_step_s * decode_steps        # one batched forward per step
             + decode_token_s * generated_tokens   # extra cost of each live sequence
+            + decode_token_s * concurrent * decode_steps  # other requests' sequences
 
 A batch of ``n`` sequences that all run ``S`` steps generates ``G = n * S``
 tokens, so a decode step costs ``decode_step_s + decode_token_s * n``: parallel
@@ -44,7 +45,7 @@ import os
 import re
 import tempfile
 import threading
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -113,6 +114,8 @@ class RunShape:
     prefill_tokens: float
     decode_steps: float
     generated_tokens: float
+    #: other requests' sequences decoding beside this run (they share its steps)
+    concurrent_sequences: float = 0.0
 
 
 #: measured beam-search corrections on the 2-core CPU (see `CostModel.default`)
@@ -175,6 +178,12 @@ class CostModel:
 
     def shape(self, config: StrategyConfig, features: StepFeatures, per_seq: float) -> RunShape:
         """The work of `config` when each sequence generates `per_seq` new tokens."""
+        shape = self._own_shape(config, features, per_seq)
+        return replace(shape, concurrent_sequences=float(features.concurrent_sequences))
+
+    def _own_shape(
+        self, config: StrategyConfig, features: StepFeatures, per_seq: float
+    ) -> RunShape:
         p = self.params
         uncached = float(features.uncached_prompt_tokens)
         n = config.n
@@ -211,6 +220,8 @@ class CostModel:
             + p.prefill_s_per_token * shape.prefill_tokens
             + p.decode_step_s * shape.decode_steps
             + p.decode_token_s * shape.generated_tokens
+            # a batched step costs per live sequence, whoever's it is
+            + p.decode_token_s * shape.concurrent_sequences * shape.decode_steps
         )
 
     def predict(self, config: StrategyConfig, features: StepFeatures) -> CostPrediction:
@@ -273,32 +284,62 @@ class CostModel:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CostModel:
+        """Read `to_dict` output; anything else is a TidalConfigError naming the field."""
+        if not isinstance(data, dict):
+            raise TidalConfigError(
+                f"Cost model data must be a JSON object, got {type(data).__name__}."
+            )
         if data.get("format_version") != _FORMAT_VERSION:
             raise TidalConfigError(
                 f"Cost model format_version={data.get('format_version')!r}: "
                 f"this version reads {_FORMAT_VERSION}; re-run `tidal-agents calibrate`."
             )
+        unknown = sorted(set(data) - _FILE_KEYS, key=str)
+        if unknown:
+            raise TidalConfigError(
+                f"Unknown cost model key(s) {unknown}; allowed: {sorted(_FILE_KEYS)}."
+            )
         try:
-            params = CostParams(**data["params"])
+            raw_params = data["params"]
+            if not isinstance(raw_params, dict):
+                raise TypeError(f"params must be an object, got {type(raw_params).__name__}")
+            unknown = sorted(set(raw_params) - {f.name for f in fields(CostParams)}, key=str)
+            if unknown:
+                raise TidalConfigError(
+                    f"Unknown cost model params {unknown}; allowed: "
+                    f"{sorted(f.name for f in fields(CostParams))}."
+                )
+            params = CostParams(**raw_params)
             output_tokens = dict(DEFAULT_OUTPUT_TOKENS)
-            output_tokens.update({k: float(v) for k, v in data.get("output_tokens", {}).items()
+            output_tokens.update({k: _positive(f"output_tokens[{k!r}]", v)
+                                  for k, v in _mapping(data, "output_tokens").items()
                                   if k in ANSWER_KINDS})
+            backend_id = data.get("backend_id")
+            if backend_id is not None and not isinstance(backend_id, str):
+                raise TypeError(f"backend_id must be a string or null, got {backend_id!r}")
+            updates = data.get("updates", 0)
+            if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+                raise TypeError(f"updates must be an integer >= 0, got {updates!r}")
             return cls(
                 params=params,
-                load_factor=float(data.get("load_factor", 1.0)),
+                load_factor=_positive("load_factor", data.get("load_factor", 1.0)),
                 config_factors={
-                    str(k): float(v) for k, v in data.get("config_factors", {}).items()
+                    str(k): _positive(f"config_factors[{k!r}]", v)
+                    for k, v in _mapping(data, "config_factors").items()
                 },
                 output_tokens=output_tokens,
-                load_rate=float(data.get("load_rate", 0.15)),
-                config_rate=float(data.get("config_rate", 0.25)),
-                tokens_rate=float(data.get("tokens_rate", 0.2)),
-                backend_id=data.get("backend_id"),
-                updates=int(data.get("updates", 0)),
+                load_rate=_number("load_rate", data.get("load_rate", 0.15)),
+                config_rate=_number("config_rate", data.get("config_rate", 0.25)),
+                tokens_rate=_number("tokens_rate", data.get("tokens_rate", 0.2)),
+                backend_id=backend_id,
+                updates=updates,
                 source=str(data.get("source", "prior")),
-                fit={str(k): float(v) for k, v in data.get("fit", {}).items()},
+                fit={str(k): _number(f"fit[{k!r}]", v, finite=False)
+                     for k, v in _mapping(data, "fit").items()},
             )
-        except (KeyError, TypeError) as exc:
+        except TidalConfigError as exc:
+            raise TidalConfigError(f"Malformed cost model file: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:
             raise TidalConfigError(f"Malformed cost model file: {exc}") from exc
 
     def save(self, path: str | Path | None = None) -> Path:
@@ -318,10 +359,15 @@ class CostModel:
     @classmethod
     def load(cls, path: str | Path) -> CostModel:
         try:
-            data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as exc:
+            data = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
             raise TidalConfigError(f"Cost model file {path} is not valid JSON: {exc}") from exc
-        return cls.from_dict(data)
+        except OSError as exc:
+            raise TidalConfigError(f"Cannot read cost model file {path}: {exc}") from exc
+        try:
+            return cls.from_dict(data)
+        except TidalConfigError as exc:
+            raise TidalConfigError(f"{path}: {exc}") from exc
 
     @classmethod
     def for_backend(cls, backend_id: str) -> CostModel:
@@ -364,6 +410,35 @@ def _waves(n: int) -> list[int]:
         waves.append(step)
         total += step
     return waves
+
+
+#: the top-level keys `to_dict` writes (a file with others is from another format)
+_FILE_KEYS = frozenset({
+    "format_version", "backend_id", "source", "params", "load_factor", "config_factors",
+    "output_tokens", "load_rate", "config_rate", "tokens_rate", "updates", "fit",
+})
+
+
+def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
+    value = data.get(key, {})
+    if not isinstance(value, dict):
+        raise TypeError(f"{key} must be an object, got {type(value).__name__}")
+    return value
+
+
+def _number(name: str, value: Any, finite: bool = True) -> float:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or (
+        finite and not math.isfinite(value)
+    ):
+        raise TypeError(f"{name}={value!r}: allowed is a {'finite ' if finite else ''}number")
+    return float(value)
+
+
+def _positive(name: str, value: Any) -> float:
+    number = _number(name, value)
+    if number <= 0:
+        raise ValueError(f"{name}={value!r}: allowed is a finite number > 0")
+    return number
 
 
 def _clamp(x: float) -> float:

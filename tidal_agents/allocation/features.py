@@ -120,6 +120,9 @@ class StepFeatures:
         log10_max_number: log10(1 + the largest number in the query).
         log10_number_product: sum of log10(1 + n) over the query's numbers, about
             the digits of their product (how long the answer of a product is).
+        concurrent_sequences: sequences the engine is already decoding for other
+            requests when the step starts. They share every decode step with this
+            one, so the cost model's latency rises with load (not a predictor input).
     """
 
     prompt_tokens: int
@@ -146,6 +149,7 @@ class StepFeatures:
     min_number_digits: int = 0
     log10_max_number: float = 0.0
     log10_number_product: float = 0.0
+    concurrent_sequences: int = 0
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -194,6 +198,7 @@ class StepFeatures:
         previous_tool_errors: int = 0,
         expected_output_tokens: int | None = None,
         answer_kind: AnswerKind = "text",
+        concurrent_sequences: int = 0,
     ) -> StepFeatures:
         """Features of a step whose latest question is `query_text`."""
         if not isinstance(query_text, str):
@@ -234,6 +239,7 @@ class StepFeatures:
             min_number_digits=min((len(r) for r in runs), default=0),
             log10_max_number=max(magnitudes, default=0.0),
             log10_number_product=sum(magnitudes, 0.0),
+            concurrent_sequences=concurrent_sequences,
         )
 
     def to_vector(self) -> np.ndarray:

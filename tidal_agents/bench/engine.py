@@ -66,7 +66,7 @@ async def _remote_vs_local(
     walls: dict[tuple[str, int], list[float]] = {}
     first: dict[str, list[float]] = {"local": [], "remote": []}
     for eng in (local, remote):  # warm-up, not measured
-        await eng.generate(GenerationRequest(prompt=prompt, n=2, max_tokens=4))
+        await eng.generate(GenerationRequest(prompt=prompt, n=2, temperature=0.8, max_tokens=4))
     for i in range(repeats):
         for n in (1, 8):
             order = [("local", local), ("remote", remote)]

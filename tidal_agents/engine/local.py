@@ -111,6 +111,7 @@ class LocalVLLMEngine:
         self._max_model_len = 0
         self._start_lock = threading.Lock()
         self._closed = False
+        self._in_flight = 0  # sequences being generated (changed on the engine loop only)
         self.startup_s: float | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -166,6 +167,11 @@ class LocalVLLMEngine:
                 logger.debug("vLLM shutdown raised", exc_info=True)
         if runner is not None:
             runner.stop()
+
+    @property
+    def in_flight_sequences(self) -> int:
+        """Sequences the engine is generating right now (its load, for the cost model)."""
+        return self._in_flight
 
     @property
     def is_running(self) -> bool:
@@ -276,6 +282,7 @@ class LocalVLLMEngine:
         timed_out = False
         first_token_s: float | None = None
         t0 = time.perf_counter()
+        self._in_flight += request.n
         try:
             async with asyncio.timeout(request.timeout_s):
                 async for out in llm.generate(
@@ -290,6 +297,8 @@ class LocalVLLMEngine:
             raise
         except Exception as exc:
             raise _engine_error(exc, request_id) from exc
+        finally:
+            self._in_flight -= request.n
         wall = time.perf_counter() - t0
         samples = acc.samples(timed_out)
         return GenerationResult(

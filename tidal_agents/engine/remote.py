@@ -59,6 +59,7 @@ class Replica:
     url: str
     healthy: bool = True
     outstanding: int = 0
+    outstanding_sequences: int = 0
     served: int = 0
     failures: int = 0
     down_since: float = 0.0
@@ -298,6 +299,13 @@ class RemoteVLLMEngine:
         return self._client is not None and any(r.healthy for r in self.replicas)
 
     @property
+    def in_flight_sequences(self) -> int:
+        """Sequences in flight on the least-loaded healthy replica (where the next
+        request goes), as far as this client knows."""
+        up = [r.outstanding_sequences for r in self.replicas if r.healthy]
+        return min(up, default=0)
+
+    @property
     def urls(self) -> list[str]:
         return [r.url for r in self.replicas]
 
@@ -467,6 +475,7 @@ class RemoteVLLMEngine:
         stream = _Stream(request.n, request.logprobs is not None)
         done = False
         rep.outstanding += 1
+        rep.outstanding_sequences += request.n
         try:
             async with asyncio.timeout(timeout_s):
                 async with self._client.stream(
@@ -500,6 +509,7 @@ class RemoteVLLMEngine:
             raise
         finally:
             rep.outstanding -= 1
+            rep.outstanding_sequences -= request.n
         rep.served += 1
         rep.healthy, rep.failures = True, 0
         return stream, False

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -37,15 +38,27 @@ class GuidedDecoding:
             )
         if self.json_schema is not None:
             check_json_schema(self.json_schema)
-        if self.regex is not None and not self.regex:
-            raise TidalConfigError("GuidedDecoding.regex is empty; pass a non-empty pattern.")
-        if self.choice is not None and (
-            not self.choice or not all(isinstance(c, str) and c for c in self.choice)
-        ):
-            raise TidalConfigError(
-                f"GuidedDecoding.choice={self.choice!r}: pass a non-empty tuple of "
-                "non-empty strings."
-            )
+        if self.regex is not None:
+            if not isinstance(self.regex, str) or not self.regex:
+                raise TidalConfigError(
+                    f"GuidedDecoding.regex={self.regex!r}: pass a non-empty pattern string."
+                )
+            try:
+                re.compile(self.regex)
+            except (re.error, RecursionError, OverflowError) as exc:
+                raise TidalConfigError(
+                    f"GuidedDecoding.regex={self.regex!r} is not a valid regular expression: "
+                    f"{exc}."
+                ) from exc
+        if self.choice is not None:
+            if not isinstance(self.choice, (tuple, list)) or not self.choice or not all(
+                isinstance(c, str) and c for c in self.choice
+            ):
+                raise TidalConfigError(
+                    f"GuidedDecoding.choice={self.choice!r}: pass a non-empty tuple of "
+                    "non-empty strings."
+                )
+            object.__setattr__(self, "choice", tuple(self.choice))
 
 
 def check_json_schema(schema: Any) -> None:
@@ -57,12 +70,47 @@ def check_json_schema(schema: Any) -> None:
             f"JSON schema must be a dict (a JSON object), got {type(schema).__name__}."
         )
     try:
-        json.dumps(schema)
+        # JSON proper: no NaN / Infinity, no lone surrogates (the grammar compiler
+        # and the tokenizer take UTF-8), and string keys only (json.dumps would
+        # silently turn {1: ...} into {"1": ...}: a different schema).
+        text = json.dumps(schema, allow_nan=False, ensure_ascii=False)
+        text.encode("utf-8")
+        _check_keys(schema)
         jsonschema.Draft202012Validator.check_schema(schema)
+    except UnicodeEncodeError as exc:
+        raise TidalConfigError(
+            f"JSON schema contains a lone UTF-16 surrogate {exc.object[exc.start]!r}, which "
+            "is not valid Unicode; allowed is valid UTF-8 text."
+        ) from exc
+    except RecursionError as exc:
+        raise TidalConfigError(
+            "JSON schema is nested too deeply to check; allowed is a schema that nests "
+            "less than a few hundred levels."
+        ) from exc
     except (TypeError, ValueError) as exc:
-        raise TidalConfigError(f"JSON schema is not JSON-serialisable: {exc}") from exc
+        raise TidalConfigError(
+            f"JSON schema is not JSON-serialisable: {exc}; allowed are dicts with string "
+            "keys, lists, strings, finite numbers, booleans and None."
+        ) from exc
     except jsonschema.SchemaError as exc:
-        raise TidalConfigError(f"Malformed JSON schema: {exc.message}") from exc
+        where = "/".join(str(p) for p in exc.path)
+        raise TidalConfigError(
+            f"Malformed JSON schema{f' at {where!r}' if where else ''}: {exc.message}"
+        ) from exc
+
+
+def _check_keys(value: Any) -> None:
+    """Raise TypeError on a non-string dict key anywhere in `value`."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            bad = [k for k in item if not isinstance(k, str)]
+            if bad:
+                raise TypeError(f"keys must be strings, got {bad[0]!r}")
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 @dataclass(frozen=True)
@@ -106,7 +154,9 @@ class GenerationRequest:
             if not self.prompt:
                 raise TidalConfigError("prompt is empty; pass at least one character or token.")
         elif isinstance(self.prompt, (tuple, list)):
-            if not self.prompt or not all(isinstance(t, int) and t >= 0 for t in self.prompt):
+            if not self.prompt or not all(
+                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.prompt
+            ):
                 raise TidalConfigError(
                     "prompt token ids must be a non-empty sequence of ints >= 0."
                 )
@@ -129,11 +179,22 @@ class GenerationRequest:
             _check_int("seed", self.seed, 0, 2**63 - 1)
         if isinstance(self.stop, str):
             object.__setattr__(self, "stop", (self.stop,))
-        if not all(isinstance(s, str) and s for s in self.stop):
-            raise TidalConfigError(f"stop={self.stop!r}: allowed are non-empty strings.")
+        if not isinstance(self.stop, (tuple, list)) or not all(
+            isinstance(s, str) and s for s in self.stop
+        ):
+            raise TidalConfigError(
+                f"stop={self.stop!r}: allowed is a string or a tuple/list of non-empty strings."
+            )
         object.__setattr__(self, "stop", tuple(self.stop))
         if self.timeout_s is not None and (not _finite(self.timeout_s) or self.timeout_s <= 0):
             raise TidalConfigError(f"timeout_s={self.timeout_s!r}: allowed is a finite value > 0.")
+        _check_int("priority", self.priority, -(2**31), 2**31 - 1)
+        if not isinstance(self.ignore_eos, bool):
+            raise TidalConfigError(f"ignore_eos={self.ignore_eos!r}: allowed is True or False.")
+        if self.guided is not None and not isinstance(self.guided, GuidedDecoding):
+            raise TidalConfigError(
+                f"guided={self.guided!r}: allowed is None or a GuidedDecoding."
+            )
 
 
 def _finite(x: Any) -> bool:
@@ -208,6 +269,11 @@ class Engine(Protocol):
     ) -> str: ...
 
     def count_tokens(self, text: str) -> int: ...
+
+    @property
+    def in_flight_sequences(self) -> int:
+        """Sequences being generated for other requests right now (the engine's load)."""
+        ...
 
 
 def check_prompt_ids(ids: list[int], max_tokens: int, max_model_len: int, vocab: int) -> None:
