@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import math
 import threading
 import time
 import uuid
@@ -27,7 +26,12 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-from tidal_agents.allocation.controller import StepDecision, check_lambda, decide
+from tidal_agents.allocation.controller import (
+    StepDecision,
+    check_lambda,
+    decide,
+    finite_number,
+)
 from tidal_agents.allocation.cost_model import CostModel
 from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.allocation.grid import default_grid
@@ -109,17 +113,16 @@ class Episode:
     ) -> None:
         if episode_id is not None and (not isinstance(episode_id, str) or not episode_id):
             raise TidalConfigError(f"episode_id={episode_id!r}: allowed is a non-empty string.")
-        if (
-            not isinstance(deadline_s, (int, float))
-            or isinstance(deadline_s, bool)
-            or not math.isfinite(deadline_s)
-            or deadline_s <= 0
-        ):
+        if not finite_number(deadline_s) or deadline_s <= 0:
             raise TidalConfigError(f"deadline_s={deadline_s!r}: allowed is a finite number > 0.")
         self.lambda_tokens = check_lambda("lambda_tokens", lambda_tokens)
         self.lambda_latency = check_lambda("lambda_latency", lambda_latency)
         margin = min(1.0, 0.05 * deadline_s) if safety_margin_s is None else safety_margin_s
-        if not isinstance(margin, (int, float)) or not 0 <= margin < deadline_s:
+        if (
+            not isinstance(margin, (int, float))
+            or isinstance(margin, bool)
+            or not 0 <= margin < deadline_s
+        ):
             raise TidalConfigError(
                 f"safety_margin_s={safety_margin_s!r}: allowed is 0 <= margin < deadline_s."
             )
@@ -131,9 +134,22 @@ class Episode:
             raise TidalConfigError(
                 f"on_deadline={on_deadline!r}: allowed are 'raise' and 'fallback'."
             )
-        if not math.isfinite(fallback_allowance_s) or fallback_allowance_s <= 0:
+        if not finite_number(fallback_allowance_s) or fallback_allowance_s <= 0:
             raise TidalConfigError(
-                f"fallback_allowance_s={fallback_allowance_s!r}: allowed is a number > 0."
+                f"fallback_allowance_s={fallback_allowance_s!r}: allowed is a finite number > 0."
+            )
+        if trace_path is not None and (
+            not isinstance(trace_path, (str, Path)) or not str(trace_path)
+        ):
+            raise TidalConfigError(
+                f"trace_path={trace_path!r}: allowed is None or a file path (str or Path)."
+            )
+        if grid is not None and (
+            not isinstance(grid, (list, tuple))
+            or not all(isinstance(c, StrategyConfig) for c in grid)
+        ):
+            raise TidalConfigError(
+                f"grid={grid!r}: allowed is None or a sequence of StrategyConfig."
             )
         self.deadline_s = float(deadline_s)
         self.safety_margin_s = float(margin)
@@ -287,7 +303,14 @@ class Episode:
             arg = CONFIG_KEYS[key]
             if arg is not None:
                 kwargs[arg] = str(value) if arg == "episode_id" else value
-        return cls(grid=grid, **kwargs)
+        try:
+            return cls(grid=grid, **kwargs)
+        except TidalConfigError as exc:
+            # name the key the caller wrote, not only the Episode argument
+            keys = ", ".join(k for k, a in CONFIG_KEYS.items() if a and str(exc).startswith(a))
+            raise TidalConfigError(
+                f"configurable[{keys!r}]: {exc}" if keys else f"configurable: {exc}"
+            ) from exc
 
     def __repr__(self) -> str:
         return (

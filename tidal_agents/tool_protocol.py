@@ -53,6 +53,11 @@ class ToolChoice:
 
 def to_tool_specs(tools: list[Any], strict: bool | None = None) -> list[ToolSpec]:
     """Convert LangChain tools / pydantic models / functions / dicts; validate schemas."""
+    if not isinstance(tools, (list, tuple)):
+        raise TidalConfigError(
+            f"tools={tools!r}: allowed is a list of BaseTools, functions, pydantic models "
+            "or OpenAI tool dicts."
+        )
     specs: list[ToolSpec] = []
     for tool in tools:
         try:
@@ -65,6 +70,13 @@ def to_tool_specs(tools: list[Any], strict: bool | None = None) -> list[ToolSpec
         name = fn.get("name")
         if not isinstance(name, str) or not name:
             raise TidalConfigError(f"Tool {tool!r} has no name.")
+        check_text(f"Tool {name!r}: name", name)
+        description = fn.get("description", "")
+        if not isinstance(description, str):
+            raise TidalConfigError(
+                f"Tool {name!r}: description={description!r}; allowed is a string."
+            )
+        check_text(f"Tool {name!r}: description", description)
         params = fn.get("parameters") or {"type": "object", "properties": {}}
         try:
             check_json_schema(params)
@@ -79,7 +91,7 @@ def to_tool_specs(tools: list[Any], strict: bool | None = None) -> list[ToolSpec
         # arguments once the declared ones are written (a small model otherwise
         # invents properties or whitespace until max_tokens).
         params = {"additionalProperties": False, **params}
-        spec = ToolSpec(name, fn.get("description", ""), params)
+        spec = ToolSpec(name, description, params)
         same = next((s for s in specs if s.name == name), None)
         if same is None:
             specs.append(spec)
@@ -199,6 +211,20 @@ def tools_system_prompt(specs: list[ToolSpec], choice: ToolChoice, parallel: boo
 
 
 # ------------------------------------------------------------------ messages
+def check_text(where: str, text: str) -> None:
+    """Raise TidalConfigError when `text` is not valid Unicode (a lone UTF-16
+    surrogate such as '\\ud800', e.g. from JSON escapes or surrogateescape-decoded
+    bytes): the tokenizer cannot encode it."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise TidalConfigError(
+            f"{where} contains a lone UTF-16 surrogate {text[exc.start]!r} at character "
+            f"{exc.start}, which is not valid Unicode and cannot be tokenized; allowed is "
+            "valid Unicode text (decode bytes with errors='replace' to keep the rest)."
+        ) from None
+
+
 def _text(content: Any) -> str:
     """Flatten LangChain message content (str or a list of blocks) to text."""
     if isinstance(content, str):
@@ -251,6 +277,7 @@ def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
                 f"Unsupported message type {type(m).__name__}; allowed: SystemMessage, "
                 "HumanMessage, AIMessage, ToolMessage, ChatMessage."
             )
+        check_text(f"messages[{len(out) - 1}] ({out[-1]['role']})", out[-1]["content"])
     return out
 
 
@@ -271,20 +298,32 @@ class ParsedReply:
     invalid: str | None = None
 
 
-def parse_reply(text: str, grammar_used: bool) -> ParsedReply:
-    """Turn a grammar-decoded reply into content and LangChain tool calls."""
+def parse_reply(
+    text: str, grammar_used: bool, tools: list[ToolSpec] | None = None
+) -> ParsedReply:
+    """Turn a grammar-decoded reply into content and LangChain tool calls.
+
+    Only a reply decoded under the tool grammar (`grammar_used`) can hold calls:
+    free text that merely looks like a call (prompt injection, a model imitating
+    markup) stays content. With `tools`, a call must also name one of them and
+    carry arguments valid against its schema (defence in depth should a backend
+    not enforce the grammar); anything else is no call, kept as `invalid`.
+    Never raises on any text.
+    """
+    if not isinstance(text, str):
+        raise TidalConfigError(f"reply text must be a str, got {type(text).__name__}.")
     if not grammar_used:
         return ParsedReply(text, [])
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):
         # Cut short mid-JSON (max_tokens or deadline): an answer keeps what was
         # written of it; a half-written call is no call.
         from langchain_core.utils.json import parse_partial_json
 
         try:
             partial = parse_partial_json(text)
-        except (ValueError, TypeError):
+        except (ValueError, TypeError, RecursionError):
             partial = None
         if isinstance(partial, dict) and isinstance(partial.get("answer"), str):
             return ParsedReply(partial["answer"], [], invalid=text)
@@ -292,10 +331,16 @@ def parse_reply(text: str, grammar_used: bool) -> ParsedReply:
     if isinstance(obj, dict) and "answer" in obj and isinstance(obj["answer"], str):
         return ParsedReply(obj["answer"], [])
     raw_calls = obj.get("tool_calls") if isinstance(obj, dict) and "tool_calls" in obj else [obj]
+    if not isinstance(raw_calls, list):
+        return ParsedReply(text, [], invalid=text)
+    by_name = {s.name: s for s in tools} if tools is not None else None
     calls = []
-    for c in raw_calls or []:
+    for c in raw_calls:
         if isinstance(c, dict) and isinstance(c.get("name"), str):
-            args = c.get("arguments") if isinstance(c.get("arguments"), dict) else {}
+            raw_args = c.get("arguments")
+            args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
+            if by_name is not None and not _valid_call(by_name, c["name"], args):
+                return ParsedReply(text, [], invalid=text)
             calls.append(
                 {"name": c["name"], "args": args, "id": f"call_{uuid.uuid4().hex[:24]}",
                  "type": "tool_call"}
@@ -303,3 +348,15 @@ def parse_reply(text: str, grammar_used: bool) -> ParsedReply:
     if not calls:
         return ParsedReply(text, [], invalid=text)
     return ParsedReply("", calls)
+
+
+def _valid_call(by_name: dict[str, ToolSpec], name: str, args: dict[str, Any]) -> bool:
+    spec = by_name.get(name)
+    if spec is None:
+        return False
+    import jsonschema
+
+    try:
+        return bool(jsonschema.Draft202012Validator(spec.parameters).is_valid(args))
+    except (jsonschema.exceptions.JSONSchemaException, RecursionError):
+        return False

@@ -101,14 +101,20 @@ class StepDecision:
         }
 
 
+def finite_number(x: object) -> bool:
+    """A real number (not a bool) that is finite as a float: NaN, +-inf and ints too
+    large for a float (``math.isfinite(10**400)`` raises OverflowError) are not."""
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:
+        return False
+
+
 def check_lambda(name: str, value: Any) -> float:
     """A price: a finite number >= 0 (NaN, inf, negatives and bools are refused)."""
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not math.isfinite(value)
-        or value < 0
-    ):
+    if not finite_number(value) or value < 0:
         raise TidalConfigError(f"{name}={value!r}: allowed is a finite number >= 0.")
     return float(value)
 
@@ -118,7 +124,7 @@ def check_allowance(value: Any) -> float:
     if (
         not isinstance(value, (int, float))
         or isinstance(value, bool)
-        or math.isnan(value)
+        or not (finite_number(value) or value == math.inf)
         or value < 0
     ):
         raise TidalConfigError(

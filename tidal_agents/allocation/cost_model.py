@@ -83,12 +83,7 @@ class CostParams:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if (
-                not isinstance(value, (int, float))
-                or isinstance(value, bool)
-                or not math.isfinite(value)
-                or value < 0
-            ):
+            if not _finite(value) or value < 0:
                 raise TidalConfigError(
                     f"CostParams.{name}={value!r}: allowed is a finite value >= 0."
                 )
@@ -428,7 +423,7 @@ def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _number(name: str, value: Any, finite: bool = True) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or (
-        finite and not math.isfinite(value)
+        not _finite(value) if finite else isinstance(value, int) and not _finite(value)
     ):
         raise TypeError(f"{name}={value!r}: allowed is a {'finite ' if finite else ''}number")
     return float(value)
@@ -446,4 +441,9 @@ def _clamp(x: float) -> float:
 
 
 def _finite(x: Any) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
+    if not isinstance(x, (int, float)) or isinstance(x, bool):
+        return False
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an int too large for a float
+        return False
