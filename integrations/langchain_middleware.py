@@ -24,7 +24,9 @@ from langchain.agents.middleware.types import (
     ModelRequest,
     ModelResponse,
     PrivateStateAttr,
+    ToolCallRequest,
 )
+from langchain_core.messages import ToolMessage
 
 from tidal_agents.episode import Episode
 
@@ -38,9 +40,18 @@ class TidalEpisodeMiddleware(AgentMiddleware[TidalEpisodeState, Any]):
 
     state_schema = TidalEpisodeState
 
-    def __init__(self, deadline_s: float, keep_last: int = 32, **episode_kwargs: Any) -> None:
+    def __init__(
+        self,
+        deadline_s: float,
+        keep_last: int = 32,
+        handle_tool_errors: bool = True,
+        **episode_kwargs: Any,
+    ) -> None:
+        """`handle_tool_errors`: a tool that raises becomes an error ToolMessage the
+        model sees (and a ``tool_error`` trace event), instead of ending the run."""
         super().__init__()
         Episode(deadline_s=deadline_s, **episode_kwargs)  # validate arguments now
+        self.handle_tool_errors = handle_tool_errors
         self.deadline_s = deadline_s
         self.episode_kwargs = episode_kwargs
         self.keep_last = keep_last
@@ -95,6 +106,39 @@ class TidalEpisodeMiddleware(AgentMiddleware[TidalEpisodeState, Any]):
             return await handler(request)
         with episode.activate():
             return await handler(request)
+
+
+    def wrap_tool_call(
+        self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], Any]
+    ) -> Any:
+        try:
+            return handler(request)
+        except Exception as exc:
+            return self._tool_failed(request, exc)
+
+    async def awrap_tool_call(
+        self, request: ToolCallRequest, handler: Callable[[ToolCallRequest], Awaitable[Any]]
+    ) -> Any:
+        try:
+            return await handler(request)
+        except Exception as exc:
+            return self._tool_failed(request, exc)
+
+    def _tool_failed(self, request: ToolCallRequest, exc: Exception) -> ToolMessage:
+        call = request.tool_call
+        episode = self._episode(request.state)
+        if episode is not None:
+            episode.record_event("tool_error", tool=call.get("name"), tool_call_id=call.get("id"),
+                                 error=f"{type(exc).__name__}: {exc}",
+                                 handled=self.handle_tool_errors)
+        if not self.handle_tool_errors:
+            raise exc
+        return ToolMessage(
+            content=f"Error: {type(exc).__name__}: {exc}. Fix the arguments or try another way.",
+            tool_call_id=call.get("id") or "",
+            name=call.get("name"),
+            status="error",
+        )
 
 
 class ToolFirstMiddleware(AgentMiddleware):

@@ -689,10 +689,37 @@ class TidalChatModel(BaseChatModel):
             wait=wait_exponential(multiplier=0.2, max=2),
             reraise=True,
         )
+        errors: list[str] = []
         async for attempt in retrying:
             with attempt:
-                return await run_strategy(self.engine, step, config, deadline, on_token)
+                try:
+                    result = await self._run_guarded(step, config, deadline, on_token)
+                except TidalEngineError as exc:
+                    errors.append(str(exc))
+                    raise
+                if errors:  # the trace keeps what was retried and why
+                    result = replace(result, details={**result.details, "engine_errors": errors})
+                return result
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_guarded(
+        self,
+        step: StepInput,
+        config: StrategyConfig,
+        deadline: float | None,
+        on_token: Callable[[int, str], None] | None,
+    ) -> StrategyResult:
+        """The strategy, with a last-resort limit: engines abort at the allowance
+        themselves; one that hangs anyway is cut off a little later."""
+        limit = None if deadline is None else max(deadline - time.monotonic(), 0) + _HANG_GRACE_S
+        try:
+            async with asyncio.timeout(limit):
+                return await run_strategy(self.engine, step, config, deadline, on_token)
+        except TimeoutError as exc:
+            raise TidalEngineError(
+                f"The engine did not return within the step's allowance + {_HANG_GRACE_S:g} s; "
+                "the request was cancelled."
+            ) from exc
 
     def _grid(self, max_tokens: int, guided: bool) -> tuple[StrategyConfig, ...]:
         if self.strategy is not None:
@@ -820,6 +847,8 @@ _CONFIG_EPISODES_MAX = 256
 _CONFIG_EPISODES_LOCK = threading.Lock()
 
 
+#: how long past its allowance a step may hang before it is cancelled
+_HANG_GRACE_S = 2.0
 #: the call argument that carries RunnableConfig's tidal_* keys into _generate
 _TIDAL_KEYS = "tidal_configurable"
 #: the config of a direct stream()/astream() call: LangChain does not pass its run

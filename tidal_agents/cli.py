@@ -179,6 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
     p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--quick", action="store_true", help="fewer items (for smoke tests)")
+    p.add_argument("--deadline", type=float, default=None,
+                   help="bench load: each episode's deadline, seconds (default 60)")
     p.add_argument(
         "--remote", default=None, metavar="URL",
         help="bench engine: compare a `vllm serve` at URL ('auto': start one here) "

@@ -38,7 +38,7 @@ from tidal_agents.allocation.grid import default_grid
 from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
 from tidal_agents.strategies.base import StrategyConfig
 from tidal_agents.trace import JsonlWriter, Trace
-from tidal_agents.trace.records import StepRecord
+from tidal_agents.trace.records import StepRecord, TraceEvent
 
 _CURRENT: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "tidal_episode", default=None
@@ -218,12 +218,15 @@ class Episode:
             if self.on_deadline == "raise":
                 # finished: a caller that keys episodes by thread starts a fresh one next time
                 self.finished = True
-                raise EpisodeDeadlineExceeded(
+                message = (
                     f"Episode {self.id}: its {self.deadline_s:g} s deadline leaves no time for "
                     f"step {features.step_index} ({self.remaining_s():.2f} s left, safety "
                     f"margin {self.safety_margin_s:.2f} s). Raise deadline_s, or pass "
                     "on_deadline='fallback' to run the fastest configuration anyway."
                 )
+                self.record_event("deadline_exceeded", step_index=features.step_index,
+                                  remaining_s=self.remaining_s(), message=message)
+                raise EpisodeDeadlineExceeded(message)
             fastest = decide(features, grid, cost_model, predictor,
                              self.lambda_tokens, self.lambda_latency, 0.0)
             return StepDecision(
@@ -240,6 +243,16 @@ class Episode:
             )
         return decide(features, grid, cost_model, predictor,
                       self.lambda_tokens, self.lambda_latency, allowance)
+
+    def record_event(self, event: str, **detail: Any) -> TraceEvent:
+        """Keep a non-step event (trace.events and the JSONL file, in order)."""
+        with self._lock:
+            item = TraceEvent(event=event, episode_id=self.id, at=time.time(),
+                              after_step=self._steps_done, detail=detail)
+            self.trace.events.append(item)
+            if self.writer is not None:
+                self.writer.write(item)
+        return item
 
     def record(self, record: StepRecord) -> None:
         """Append a step record to the trace and, if set, to the JSONL file."""

@@ -102,6 +102,7 @@ def run_remote(
     server = VLLMServer(config).start() if url == "auto" else None
     remote = RemoteVLLMEngine(server.url if server else url).start()
     local = LocalVLLMEngine(config).start()
+    ids = {"remote": remote.backend_id, "local": local.backend_id}
     try:
         figures = asyncio.run(_remote_vs_local(local, remote, max_tokens, repeats))
     finally:
@@ -109,6 +110,5 @@ def run_remote(
         local.shutdown()
         if server is not None:
             server.stop()
-    return {**figures, "max_tokens": max_tokens, "repeats": repeats,
-            "remote": remote.backend_id, "local": local.backend_id,
+    return {**figures, "max_tokens": max_tokens, "repeats": repeats, **ids,
             "remote_server_startup_s": server.startup_s if server else None}

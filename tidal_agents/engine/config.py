@@ -49,6 +49,9 @@ class EngineConfig(BaseModel):
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
     max_num_seqs: int | None = Field(default=None, ge=1)
     seed: int = 0
+    max_restarts: int = Field(default=1, ge=0, description="restarts after the engine "
+                              "process dies; past them requests fail with TidalEngineError")
+    restart_backoff_s: float = Field(default=1.0, ge=0, le=60)
     log_level: str = "WARNING"
     engine_args: dict[str, Any] = Field(default_factory=dict)
 

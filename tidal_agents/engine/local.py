@@ -18,6 +18,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any, TypeVar
 
 from tidal_agents.engine.config import EngineConfig, on_cpu
@@ -112,6 +113,9 @@ class LocalVLLMEngine:
         self._start_lock = threading.Lock()
         self._closed = False
         self._in_flight = 0  # sequences being generated (changed on the engine loop only)
+        self.restarts = 0
+        self._generation = 0  # bumped by every restart
+        self._restart_lock: asyncio.Lock | None = None  # created on the engine loop
         self.startup_s: float | None = None
 
     # ---------------------------------------------------------------- lifecycle
@@ -271,9 +275,70 @@ class LocalVLLMEngine:
     async def _generate(
         self, request: GenerationRequest, on_token: TokenCallback | None
     ) -> GenerationResult:
+        if self._restart_lock is not None and self._restart_lock.locked():
+            async with self._restart_lock:  # a restart is under way: wait for it
+                pass
+        generation = self._generation
+        t0 = time.monotonic()
+        try:
+            return await self._generate_once(request, on_token)
+        except _EngineDied as died:
+            await self._restart(generation, died)
+        # One more try on the restarted engine, in the time the request has left.
+        left = None if request.timeout_s is None else request.timeout_s - (time.monotonic() - t0)
+        if left is not None and left <= 0:
+            raise TidalEngineError(
+                "The vLLM engine process died during the request and was restarted, but "
+                "the request's time ran out before it could be tried again."
+            )
+        retry = replace(request, timeout_s=left) if left is not None else request
+        try:
+            return await self._generate_once(retry, on_token)
+        except _EngineDied as died:
+            await self._restart(self._generation, died)  # raises once restarts are spent
+            raise TidalEngineError(
+                "The vLLM engine process died again right after a restart."
+            ) from died
+
+    async def _restart(self, generation: int, died: _EngineDied) -> None:
+        """Start a new AsyncLLM in place of a dead one (once per death, for all waiters)."""
+        if self._restart_lock is None:
+            self._restart_lock = asyncio.Lock()
+        async with self._restart_lock:
+            if self._generation != generation:
+                return  # another request already restarted it
+            if self.restarts >= self.config.max_restarts:
+                raise TidalEngineError(
+                    f"The vLLM engine process died ({died}) and the restart budget "
+                    f"(max_restarts={self.config.max_restarts}) is spent; create a new "
+                    "engine or raise EngineConfig.max_restarts."
+                ) from died
+            logger.warning("vLLM engine died (%s); restarting in %.1f s", died,
+                           self.config.restart_backoff_s)
+            old, self._llm = self._llm, None
+            if old is not None:
+                try:
+                    old.shutdown()
+                except Exception:  # it is dead already
+                    logger.debug("shutting down the dead engine raised", exc_info=True)
+            await asyncio.sleep(self.config.restart_backoff_s)
+            try:
+                self._llm = await self._create()
+            except Exception as exc:
+                raise TidalEngineError(
+                    f"The vLLM engine process died and could not be restarted: {exc}"
+                ) from exc
+            self.restarts += 1
+            self._generation += 1
+
+    async def _generate_once(
+        self, request: GenerationRequest, on_token: TokenCallback | None
+    ) -> GenerationResult:
         llm = self._llm
         if llm is None:
             raise TidalEngineError("The engine is not running (it was shut down).")
+        if getattr(llm, "errored", False):
+            raise _EngineDied("the engine core is not running")
         ids = self._prompt_ids(request)
         params = self._sampling_params(request)
         request_id = f"tidal-{uuid.uuid4().hex[:16]}"
@@ -296,6 +361,8 @@ class LocalVLLMEngine:
         except (TidalError, asyncio.CancelledError):
             raise
         except Exception as exc:
+            if _is_engine_death(exc, llm):
+                raise _EngineDied(f"{type(exc).__name__}: {exc}") from exc
             raise _engine_error(exc, request_id) from exc
         finally:
             self._in_flight -= request.n
@@ -311,6 +378,16 @@ class LocalVLLMEngine:
             request_id=request_id,
             first_token_s=first_token_s,
         )
+
+
+class _EngineDied(Exception):
+    """The engine core process is gone (internal: triggers a restart)."""
+
+
+def _is_engine_death(exc: BaseException, llm: Any) -> bool:
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    return isinstance(exc, EngineDeadError) or bool(getattr(llm, "errored", False))
 
 
 async def _shutdown_on_loop(llm: Any) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, overload
 
 from tidal_agents.trace.jsonl import JsonlWriter, load_jsonl, read_jsonl, write_jsonl
-from tidal_agents.trace.records import Spent, StepRecord
+from tidal_agents.trace.records import Spent, StepRecord, TraceEvent
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,6 +25,8 @@ class Trace:
 
     def __init__(self, records: Iterable[StepRecord] = ()) -> None:
         self._records: list[StepRecord] = list(records)
+        #: tool errors, refused steps: what happened between model steps
+        self.events: list[TraceEvent] = []
         self._lock = threading.Lock()
         self.deadline_s: float | None = None
         self.started_at: float | None = None
@@ -119,6 +121,7 @@ __all__ = [
     "Spent",
     "StepRecord",
     "Trace",
+    "TraceEvent",
     "load_jsonl",
     "read_jsonl",
     "write_jsonl",

@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.trace.records import StepRecord
+from tidal_agents.trace.records import StepRecord, TraceEvent
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +28,7 @@ class JsonlWriter:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
-    def write(self, record: StepRecord) -> None:
+    def write(self, record: StepRecord | TraceEvent) -> None:
         line = record.model_dump_json() + "\n"
         with self._lock, self.path.open("a", encoding="utf-8") as f:
             f.write(line)
@@ -47,7 +47,7 @@ def write_jsonl(records: Iterable[StepRecord], path: str | Path) -> Path:
 
 
 def read_jsonl(path: str | Path) -> list[StepRecord]:
-    """Step records of a trace file.
+    """Step records of a trace file (event lines, ``{"event": ...}``, are skipped).
 
     A cut-off last line (the process died mid-write) is skipped with a warning;
     a bad line anywhere else is an error naming its line number.
@@ -57,6 +57,9 @@ def read_jsonl(path: str | Path) -> list[StepRecord]:
     records = []
     for k, (lineno, line) in enumerate(numbered):
         try:
+            if line.startswith('{"event":'):
+                TraceEvent.model_validate_json(line)
+                continue
             records.append(StepRecord.model_validate_json(line))
         except ValidationError as exc:
             if k == len(numbered) - 1 and not line.rstrip().endswith("}"):

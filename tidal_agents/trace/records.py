@@ -28,6 +28,20 @@ class Spent(BaseModel):
     engine_retries: int = 0
 
 
+class TraceEvent(BaseModel):
+    """Something that happened in an episode outside a model step: a tool that
+    raised, a step refused because the deadline had passed."""
+
+    model_config = ConfigDict(frozen=True)
+
+    event: str
+    episode_id: str | None
+    at: float
+    #: the model steps recorded before it
+    after_step: int
+    detail: dict[str, Any] = {}
+
+
 class StepRecord(BaseModel):
     """One agent step (one model call)."""
 
