@@ -135,11 +135,16 @@ def test_injected_calls_can_only_name_bound_tools(
 def test_response_format_with_a_dangling_ref_keeps_the_engine_serving(
     model: TidalChatModel,
 ) -> None:
-    # a valid JSON Schema whose $ref points nowhere: the grammar compiler rejects
-    # it; that must be a typed error (or a safe reply), never a dead engine
+    # a valid JSON Schema whose $ref points nowhere: was a TidalConfigError from
+    # vLLM's grammar compiler mid-step; now refused before generation
     bad = {"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}
+    with pytest.raises(TidalConfigError, match="points to nothing"):
+        model.invoke("Give me a.", response_format=bad)
+    # a schema the checker passes but the grammar compiler may still refuse:
+    # a typed error or a reply, never a dead engine
+    odd = {"type": "object", "properties": {"a": {"$ref": "https://example.com/s.json"}}}
     try:
-        msg = model.invoke("Give me a.", response_format=bad)
+        msg = model.invoke("Give me a.", response_format=odd)
     except TidalError:
         pass
     else:

@@ -363,7 +363,19 @@ BAD_SCHEMAS: list[tuple[Any, str]] = [
     (_circular(), "not JSON-serialisable"),
     ({"type": "string", "description": "bad \ud800 text"}, "lone UTF-16 surrogate"),
     (_deep(5000), "nested too deeply"),
+    ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}},
+     r"\$ref '#/\$defs/missing' points to nothing"),  # was a vLLM error mid-step
+    ({"$defs": {"a": {}}, "items": {"$ref": "#/$defs/a/b"}}, "points to nothing"),
 ]
+
+
+def test_local_refs_that_resolve_are_fine() -> None:
+    check_json_schema({"$defs": {"a/b": {"type": "string"}},
+                       "type": "object",
+                       "properties": {"x": {"$ref": "#/$defs/a~1b"},
+                                      "p": {"prefixItems": [{"type": "integer"}]},
+                                      "y": {"$ref": "#/properties/p/prefixItems/0"},
+                                      "z": {"$ref": "#"}}})
 
 
 @pytest.mark.parametrize(("schema", "message"), BAD_SCHEMAS)

@@ -77,6 +77,7 @@ def check_json_schema(schema: Any) -> None:
         text.encode("utf-8")
         _check_keys(schema)
         jsonschema.Draft202012Validator.check_schema(schema)
+        _check_local_refs(schema)
     except UnicodeEncodeError as exc:
         raise TidalConfigError(
             f"JSON schema contains a lone UTF-16 surrogate {exc.object[exc.start]!r}, which "
@@ -97,6 +98,32 @@ def check_json_schema(schema: Any) -> None:
         raise TidalConfigError(
             f"Malformed JSON schema{f' at {where!r}' if where else ''}: {exc.message}"
         ) from exc
+
+
+def _check_local_refs(schema: dict[str, Any]) -> None:
+    """Raise TidalConfigError on a local ``$ref`` ('#/...') that points nowhere: the
+    grammar compiler would only find out inside the engine, mid-step."""
+    stack: list[Any] = [schema]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            ref = item.get("$ref")
+            if isinstance(ref, str) and ref.startswith("#/"):
+                target: Any = schema
+                for part in ref[2:].split("/"):
+                    part = part.replace("~1", "/").replace("~0", "~")
+                    if isinstance(target, dict) and part in target:
+                        target = target[part]
+                    elif isinstance(target, list) and part.isdigit() and int(part) < len(target):
+                        target = target[int(part)]
+                    else:
+                        raise TidalConfigError(
+                            f"JSON schema $ref {ref!r} points to nothing in the schema; "
+                            "allowed are local refs to existing definitions ('#/$defs/...')."
+                        )
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 def _check_keys(value: Any) -> None:
