@@ -151,8 +151,8 @@ class TidalChatModel(BaseChatModel):
                     f"base_url={self.base_url!r}: pass one or more http(s):// URLs of "
                     "`vllm serve` replicas."
                 )
-        if self.stop is not None and not all(isinstance(s, str) for s in self.stop):
-            raise TidalConfigError(f"stop={self.stop!r}: allowed is a list of strings.")
+        if self.stop is not None:
+            _check_stop(self.stop)
         return self
 
     # ----------------------------------------------------------- LangChain ids
@@ -529,6 +529,7 @@ class TidalChatModel(BaseChatModel):
             )
         if not messages:
             raise TidalConfigError("messages is empty; pass at least one message.")
+        stops = _check_stop(stop if stop is not None else (self.stop or ()))
         chat = tp.to_chat_dicts(messages)
         guided: GuidedDecoding | None = None
         if response_format is not None:
@@ -547,7 +548,6 @@ class TidalChatModel(BaseChatModel):
                 f"{engine.max_model_len}. Shorten the conversation (trim old messages)."
             )
         max_tokens = min(self.max_tokens, room)
-        stops = tuple(stop if stop is not None else (self.stop or ()))
         answer_kind: AnswerKind = (
             "tool_call" if guided is not None and response_format is None else "text"
         )
@@ -608,7 +608,9 @@ class TidalChatModel(BaseChatModel):
                     result, selected=best, details={**result.details, "complete_preferred": True}
                 )
         tool_grammar = guided is not None and response_format is None
-        parsed = tp.parse_reply(result.selected.text, tool_grammar)
+        # Calls must name a bound tool with schema-valid arguments, even on a
+        # backend that ignored the grammar.
+        parsed = tp.parse_reply(result.selected.text, tool_grammar, tools=specs or None)
         cost = result.cost
         if choice.mode == "auto" and parsed.tool_calls and _repeats_answered_call(
             parsed.tool_calls, messages
@@ -620,7 +622,7 @@ class TidalChatModel(BaseChatModel):
                 StrategyConfig("single", temperature=0.0, max_tokens=chosen.max_tokens),
                 deadline, None,
             )
-            parsed = tp.parse_reply(answer.selected.text, True)
+            parsed = tp.parse_reply(answer.selected.text, True, tools=specs or None)
             cost = _merge_costs(cost, answer.cost)
             result = replace(result, cost=cost, details={**result.details, "loop_guard": True})
         usage = UsageMetadata(
@@ -845,6 +847,16 @@ def _trained_configs() -> frozenset[str]:
 _CONFIG_EPISODES: OrderedDict[str, Episode] = OrderedDict()
 _CONFIG_EPISODES_MAX = 256
 _CONFIG_EPISODES_LOCK = threading.Lock()
+
+
+def _check_stop(stop: Any) -> tuple[str, ...]:
+    """A stop string or list of them, as a tuple (TidalConfigError otherwise)."""
+    items = (stop,) if isinstance(stop, str) else stop
+    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
+        raise TidalConfigError(
+            f"stop={stop!r}: allowed is a string or a list of non-empty strings."
+        )
+    return tuple(items)
 
 
 #: how long past its allowance a step may hang before it is cancelled

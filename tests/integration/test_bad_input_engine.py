@@ -174,12 +174,6 @@ def test_huge_deadline_is_a_safe_result(model: TidalChatModel) -> None:
     assert msg.response_metadata["tidal"]["allowance_s"] > 0
 
 
-@pytest.mark.xfail(
-    reason="needs fix in tidal_agents/chat_model.py TidalChatModel._step: validate the "
-    "call's `stop` (a str -> (str,), else a list of non-empty strings) before "
-    "tuple(stop); stop=5 raises TypeError, stop='END' becomes ('E', 'N', 'D')",
-    strict=True,
-)
 def test_bad_call_time_stop_is_a_config_error(model: TidalChatModel) -> None:
     with pytest.raises(TidalConfigError, match="stop"):
         model.invoke("hi", stop=5)  # type: ignore[arg-type]

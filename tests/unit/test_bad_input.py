@@ -266,11 +266,6 @@ def test_constructing_the_chat_model_starts_no_engine() -> None:
     assert model._engine is None
 
 
-@pytest.mark.xfail(
-    reason="needs fix in tidal_agents/chat_model.py TidalChatModel._validate: reject empty "
-    "stop strings at construction (GenerationRequest refuses them only mid-step)",
-    strict=True,
-)
 def test_empty_stop_string_is_refused_at_construction() -> None:
     with pytest.raises(ValueError, match="stop"):
         TidalChatModel(stop=[""])
