@@ -76,7 +76,13 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
     from tidal_agents.allocation.cost_model import default_path
     from tidal_agents.engine import EngineConfig, get_engine
 
-    engine = get_engine(EngineConfig(model=args.model))
+    engine: Any
+    if args.engine_url:
+        from tidal_agents.engine.remote import get_remote_engine
+
+        engine = get_remote_engine(args.engine_url, model=args.model)
+    else:
+        engine = get_engine(EngineConfig(model=args.model))
     model = calibrate(engine, quick=args.quick)
     print(summary(model))
     print(f"saved to {default_path(engine.backend_id)}")
@@ -159,8 +165,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_model)
 
     p = sub.add_parser("calibrate", help="measure this engine's costs; save the cost model")
-    p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
+    p.add_argument("--model", default=None, help="HF model folder (default: embedded); "
+                   "with --engine-url, the served model name")
     p.add_argument("--quick", action="store_true", help="a shorter sweep")
+    p.add_argument("--engine-url", action="append", default=None, metavar="URL",
+                   help="calibrate these `vllm serve` replicas instead (repeatable)")
     p.set_defaults(func=cmd_calibrate)
 
     for name, module, text in (
