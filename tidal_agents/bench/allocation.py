@@ -17,6 +17,13 @@ Accuracy is the mean soft label of the chosen configurations; tokens and
 latency are the chosen configurations' recorded costs on those queries.
 "Matched" means: the most accurate adaptive point whose mean latency (or
 tokens) is not above the best static configuration's.
+
+* cascade (``cascade_*`` keys, `tidal_agents.evaluation.cascade`): a 1-sample
+  probe, stopped at when its confidence reaches a threshold, else a best-of-N
+  vote (probe included); costs of both stages summed. Threshold and target
+  are chosen on the training queries by the same matching rule (within the
+  training static best's cost), then evaluated once on the held-out queries.
+  The ``adaptive_*`` / ``gap_closed_*`` keys stay the predictor policy's.
 """
 
 from __future__ import annotations
@@ -224,8 +231,13 @@ def evaluate(
     test_fraction: float,
     split_seed: int,
     points: int = 30,
+    cascade_inputs: tuple[dict[str, dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
-    """All figures of the benchmark (see the module docstring)."""
+    """All figures of the benchmark (see the module docstring).
+
+    `cascade_inputs` (sample records, latency fit; `evaluation.cascade.load_cascade_inputs`)
+    adds the cascade's keys (`cascade_keys`).
+    """
     from tidal_agents.evaluation.train import predict_rows, split_rows
 
     train_rows, test_rows = split_rows(rows, test_fraction, split_seed)
@@ -240,6 +252,54 @@ def evaluate(
     out: dict[str, Any] = {"held_out_queries": len(qids)}
     out.update(allocation_figures(names, labels, tokens, latency, acc_hat, tokens_hat,
                                   latency_hat, points))
+    if cascade_inputs is not None:
+        tr_ids, _, tr_labels, _, _ = outcome_matrices(train_rows, names)
+        tr_static = np.stack([tr_labels.mean(axis=0), tr_tokens.mean(axis=0),
+                              tr_latency.mean(axis=0)], axis=1)
+        tr_best = int(np.lexsort((tr_static[:, 1], -tr_static[:, 0]))[0])
+        sb = out["static_best"]
+        out.update(cascade_keys(
+            cascade_inputs, {r["query_id"]: int(r["prompt_tokens"]) for r in rows},
+            tr_ids, qids,
+            {"latency": float(tr_static[tr_best, 2]), "tokens": float(tr_static[tr_best, 1])},
+            {"latency": sb["latency_s"], "tokens": sb["tokens"]},
+            sb["accuracy"], out["oracle"]["accuracy"], names[tr_best],
+        ))
+    return out
+
+
+def cascade_keys(
+    inputs: tuple[dict[str, dict[str, Any]], Any],
+    prompt_tokens: dict[str, int],
+    train_ids: Sequence[str],
+    test_ids: Sequence[str],
+    train_budgets: dict[str, float],
+    test_budgets: dict[str, float],
+    static_best: float,
+    oracle: float,
+    train_static_best: str,
+) -> dict[str, Any]:
+    """The cascade's keys: fitted on the training queries, evaluated on the held-out ones.
+
+    Its matched points obey the bench's matching rule applied on the training
+    split (most accurate policy whose training mean cost is within the training
+    static best's), so nothing is chosen on held-out labels; `within_budget`
+    says whether the held-out cost also stayed within the held-out static best's.
+    """
+    from tidal_agents.evaluation.cascade import cascade_figures
+
+    records, latency_model = inputs
+    fig = cascade_figures(records, latency_model, prompt_tokens, train_ids, test_ids,
+                          train_budgets, test_budgets)
+    out: dict[str, Any] = {}
+    for key in ("latency", "tokens"):
+        point = fig.pop(f"at_matched_{key}")
+        out[f"cascade_at_matched_{key}"] = point
+        out[f"cascade_gap_closed_at_matched_{key}"] = (
+            None if point is None else _gap(point["accuracy"], static_best, oracle))
+    fig["fitted_on"] = (f"{len(train_ids)} training queries; budgets: the training static "
+                        f"best ({train_static_best}) mean latency / tokens")
+    out["cascade"] = fig
     return out
 
 
@@ -258,6 +318,11 @@ def _table(result: dict[str, Any]) -> None:
         if p:
             t.add_row(key.replace("_", " "), f"{p['accuracy']:.3f}", f"{p['tokens']:.0f}",
                       f"{p['latency_s']:.2f}")
+    for key in ("cascade_at_matched_latency", "cascade_at_matched_tokens"):
+        p = result.get(key)
+        if p:
+            t.add_row(f"{key.replace('_', ' ')} (t={p['threshold']}, {p['escalate_to']})",
+                      f"{p['accuracy']:.3f}", f"{p['tokens']:.0f}", f"{p['latency_s']:.2f}")
     o = result["oracle"]
     t.add_row("oracle", f"{o['accuracy']:.3f}", f"{o['tokens']:.0f}", f"{o['latency_s']:.2f}")
     Console(stderr=True).print(t)
@@ -291,7 +356,14 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
         split_rows(rows, fraction, seed)  # fails clearly on a degenerate split
         predictor, _ = train(rows, fraction, seed, estimator="select")
     points = 12 if getattr(args, "quick", False) else 30
-    result = evaluate(rows, predictor, fraction, seed, points=points)
+    cascade_inputs, cascade_note = _cascade_inputs(outcome_files)
+    result = evaluate(rows, predictor, fraction, seed, points=points,
+                      cascade_inputs=cascade_inputs)
+    if cascade_note:
+        for key in ("latency", "tokens"):
+            result[f"cascade_at_matched_{key}"] = None
+            result[f"cascade_gap_closed_at_matched_{key}"] = None
+        result["cascade"] = {"unavailable": cascade_note}
     static, names, adaptive, oracle = result.pop("_arrays")
     plot_dir = Path(getattr(args, "plot_dir", None) or _default_plot_dir())
     title = (f"{len(names)} configurations, {result['held_out_queries']} held-out queries, "
@@ -302,6 +374,20 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
     result["bench_wall_s"] = time.perf_counter() - t0
     _table(result)
     return result
+
+
+def _cascade_inputs(outcome_files: Sequence[Path] | None) -> tuple[Any, str | None]:
+    """(sample records, latency fit) beside the one outcome file, or (None, why not)."""
+    from tidal_agents.evaluation.cascade import load_cascade_inputs
+    from tidal_agents.evaluation.train import default_outcome_files
+
+    files = list(outcome_files) if outcome_files else default_outcome_files()
+    if len(files) != 1:
+        return None, f"the cascade needs exactly one outcome file, got {len(files)}."
+    try:
+        return load_cascade_inputs(Path(files[0])), None
+    except TidalConfigError as e:
+        return None, str(e)
 
 
 def _default_plot_dir() -> Path:

@@ -45,3 +45,15 @@ def confidence(
         running += lps[i] - lps[i - window]
         lowest = min(lowest, running)
     return math.exp(lowest / window)
+
+
+def probe_confidence(mean_logprob: float | None, answer: str | None) -> float:
+    """A cascade probe's confidence: exp(mean token log-prob) in (0, 1].
+
+    0.0 when no answer could be extracted from the probe (`answer` None) or it
+    has no usable log-probs. The cascade strategy and its offline evaluation
+    (`tidal_agents.evaluation.cascade`) both use this function.
+    """
+    if answer is None or mean_logprob is None or not math.isfinite(mean_logprob):
+        return 0.0
+    return min(math.exp(mean_logprob), 1.0)
