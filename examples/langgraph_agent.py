@@ -12,7 +12,7 @@ from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 
-from tidal_agents import TidalChatModel
+from tidal_agents import TidalChatModel, episode_config
 
 
 @tool
@@ -57,10 +57,7 @@ def run(deadline_s: float = 60.0, question: str = "What is 15 times 4?") -> dict
     model = TidalChatModel(max_tokens=64)
     app = build_graph(model)
     # The episode is declared in RunnableConfig: no code change inside the graph.
-    config = {
-        "configurable": {"tidal_deadline_s": deadline_s, "thread_id": "example-1"},
-        "recursion_limit": 8,
-    }
+    config = {**episode_config(deadline_s, "example-1"), "recursion_limit": 8}
     result = app.invoke({"messages": [("user", question)]}, config)
     return {"messages": result["messages"]}
 

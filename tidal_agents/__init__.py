@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 if TYPE_CHECKING:
     from tidal_agents.chat_model import TidalChatModel
-    from tidal_agents.episode import Episode
+    from tidal_agents.episode import Episode, episode_config
 
 
 def __getattr__(name: str) -> object:
@@ -27,6 +27,10 @@ def __getattr__(name: str) -> object:
         from tidal_agents.episode import Episode
 
         return Episode
+    if name == "episode_config":
+        from tidal_agents.episode import episode_config
+
+        return episode_config
     raise AttributeError(name)
 
 
@@ -39,4 +43,5 @@ __all__ = [
     "TidalChatModel",
     "TidalModelError",
     "__version__",
+    "episode_config",
 ]

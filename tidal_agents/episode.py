@@ -330,3 +330,35 @@ class Episode:
             f"Episode(id={self.id!r}, deadline_s={self.deadline_s:g}, "
             f"remaining_s={self.remaining_s():.2f}, steps={len(self.trace)})"
         )
+
+
+def episode_config(
+    deadline_s: float,
+    episode_id: str | None = None,
+    *,
+    lambda_tokens: float | None = None,
+    lambda_latency: float | None = None,
+    trace_path: str | None = None,
+    expected_steps: int | None = None,
+    safety_margin_s: float | None = None,
+    on_deadline: Literal["raise", "fallback"] | None = None,
+) -> dict[str, Any]:
+    """RunnableConfig that declares an episode for a LangGraph graph or any runnable.
+
+    ``app.invoke(inputs, config={**episode_config(30, "user-42"), "recursion_limit": 8})``:
+    every TidalChatModel step inside the run with the same `episode_id` (or the
+    graph's ``thread_id``, when no id is given) shares the 30 s deadline.
+    Arguments are checked now, not at the first step.
+    """
+    configurable: dict[str, Any] = {"tidal_deadline_s": deadline_s}
+    for key, value in (
+        ("tidal_episode_id", episode_id), ("tidal_lambda_tokens", lambda_tokens),
+        ("tidal_lambda_latency", lambda_latency), ("tidal_trace_path", trace_path),
+        ("tidal_expected_steps", expected_steps), ("tidal_safety_margin_s", safety_margin_s),
+        ("tidal_on_deadline", on_deadline),
+    ):
+        if value is not None:
+            configurable[key] = value
+    probe = {k: v for k, v in configurable.items() if k != "tidal_trace_path"}
+    Episode.from_config(probe)  # validation only: no file is created
+    return {"configurable": configurable}

@@ -163,3 +163,20 @@ def test_trace_exporters(tmp_path: Path) -> None:
     png = ep.trace.plot(tmp_path / "t.png")
     assert matplotlib.image.imread(str(png)).ndim == 3
     assert ep.trace.table().row_count == 3
+
+
+def test_episode_config_builds_checked_configurable_keys() -> None:
+    from tidal_agents import episode_config
+    from tidal_agents.episode import Episode
+
+    config = episode_config(30, "user-42", lambda_latency=0.1, on_deadline="fallback")
+    assert config == {"configurable": {
+        "tidal_deadline_s": 30, "tidal_episode_id": "user-42",
+        "tidal_lambda_latency": 0.1, "tidal_on_deadline": "fallback",
+    }}
+    episode = Episode.from_config(config["configurable"])
+    assert episode is not None and episode.id == "user-42" and episode.deadline_s == 30
+    with pytest.raises(TidalConfigError, match="deadline_s"):
+        episode_config(-1)
+    with pytest.raises(TidalConfigError, match="on_deadline"):
+        episode_config(5, on_deadline="panic")  # type: ignore[arg-type]
