@@ -175,3 +175,49 @@ def test_rebuild_reproduces_rows(tmp_path: Path) -> None:
     for r in before:
         r["extra"] = {}
     assert before == after
+
+
+@dataclass(frozen=True)
+class _FakeLogprobSample(_FakeSample):
+    logprobs: tuple[float, ...] = ()
+
+
+class _FakeGreedyEngine(_FakeEngine):
+    """Greedy with log-probs: the right answer, 5 tokens, one of them unsure."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.requests: list[object] = []
+
+    async def generate(self, request: object) -> _FakeResult:  # type: ignore[override]
+        self.requests.append(request)
+        res = await super().generate(request)
+        s = res.samples[0]
+        lps = (-0.1, -0.2, -2.0, -0.1, -0.1)
+        return _FakeResult((_FakeLogprobSample(s.text, s.token_ids, mean_logprob=-0.5,
+                                               logprobs=lps),), generated_tokens=5)
+
+
+def test_greedy_logprobs_only_fills_in_collected_queries(tmp_path: Path) -> None:
+    items = graded_arithmetic(4, seed=0, kinds=["add-1d", "mul-1d"])
+    out = tmp_path / "o.jsonl"
+    settings = CollectSettings(n_max=4, max_tokens=16, latency_items=1, concurrency=2)
+    asyncio.run(collect.collect(_FakeEngine(), items[:3], out, settings, show=False))
+    engine = _FakeGreedyEngine()
+    dest = tmp_path / "o.greedy.jsonl"
+    summary = asyncio.run(collect.collect_greedy_logprobs(
+        engine, items, tmp_path / "o.samples.jsonl", dest, settings, show=False))
+    # only the 3 collected queries, one greedy request each, with logprobs=0
+    assert summary["queries"] == 3 and len(engine.requests) == 3
+    assert all(r.temperature == 0.0 and r.n == 1 and r.logprobs == 0  # type: ignore[attr-defined]
+               and r.max_tokens == 16 for r in engine.requests)  # type: ignore[attr-defined]
+    recs = collect.read_rows(dest)
+    assert [r["query_id"] for r in recs] == [i.id for i in items[:3]]
+    r = recs[0]
+    assert r["correct"] and r["generated_tokens"] == 5 and r["min_logprob"] == -2.0
+    assert r["token_logprobs"] == [-0.1, -0.2, -2.0, -0.1, -0.1]
+    assert r["agrees"] and summary["agreement_answer"] == 1.0
+    # resumable: nothing left to do
+    again = asyncio.run(collect.collect_greedy_logprobs(
+        engine, items, tmp_path / "o.samples.jsonl", dest, settings, show=False))
+    assert again["collected"] == 0 and len(engine.requests) == 3
