@@ -118,3 +118,90 @@ def test_bench_cascade_on_committed_data(tmp_path: Path) -> None:
         assert "lambda_tokens" in out[f"adaptive_at_matched_{key}"]
     assert out["cascade"]["probe_only"]["tokens"] < out["static"]["single"]["tokens"] + 20
     json.dumps(out)
+
+
+def _greedy(key: str | None, correct: bool, lps: list[float]) -> dict:
+    return {"answer_key": key, "correct": correct, "generated_tokens": len(lps),
+            "mean_logprob": sum(lps) / len(lps), "finish_reason": "stop",
+            "token_logprobs": lps}
+
+
+def test_greedy_probe_confidence_methods() -> None:
+    from tidal_agents.errors import TidalConfigError
+    from tidal_agents.selection.confidence import greedy_probe_confidence
+
+    lps = [-0.1, -0.3, None, float("nan"), -2.0]
+    assert greedy_probe_confidence(lps, "num:1", "mean") == pytest.approx(math.exp(-0.8))
+    assert greedy_probe_confidence(lps, "num:1", "min") == pytest.approx(math.exp(-2.0))
+    assert greedy_probe_confidence(lps, "num:1", "parses") == 1.0
+    assert greedy_probe_confidence(lps, None, "mean") == 0.0
+    assert greedy_probe_confidence([], "num:1", "mean") == 0.0
+    with pytest.raises(TidalConfigError, match="method"):
+        greedy_probe_confidence(lps, "num:1", "max")  # type: ignore[arg-type]
+
+
+def test_greedy_cascade_outcomes_exact_costs_and_votes() -> None:
+    from tidal_agents.evaluation.cascade import greedy_cascade_outcomes
+
+    records = {"q": {"samples": [_sample("num:7", True, 10 + i, -0.5) for i in range(4)]}}
+    greedy = {"q": _greedy("num:9", False, [-0.1, -0.2, -0.3])}
+    targets = (CascadeTarget(4, "majority", True, "greedy"),
+               CascadeTarget(4, "majority", False, "greedy"),
+               CascadeTarget(1, "confidence", True, "greedy"))
+    out = greedy_cascade_outcomes(records, greedy, ["q"], LAT, {"q": 40}, "min", targets)
+    assert [t.name for t in targets] == ["greedy+bo4-majority", "greedy->bo4-majority",
+                                         "greedy+bo1-confidence"]
+    assert out.confidence[0] == pytest.approx(math.exp(-0.3))
+    assert out.probe_label[0] == 0.0 and out.probe_tokens[0] == 43
+    assert out.probe_latency[0] == pytest.approx(LAT.predict(1, 3))
+    # n = pool: one subset, both requests' prompts and tokens, both latencies
+    assert out.escalated_tokens[0, 0] == 43 + 40 + sum(10 + i for i in range(4))
+    assert out.escalated_latency[0, 0] == pytest.approx(LAT.predict(1, 3) + LAT.predict(4, 13))
+    assert out.escalated_label[0, :2].tolist() == [1.0, 1.0]  # 4 right votes beat greedy's one
+    # one sample vs the more confident greedy: greedy's (wrong) answer wins the vote
+    assert out.escalated_label[0, 2] == 0.0
+
+
+def test_best_adaptive_policy() -> None:
+    def pt(a: float) -> dict:
+        return {"accuracy": a, "tokens": 1.0, "latency_s": 1.0}
+
+    out = {"adaptive_at_matched_latency": pt(0.3), "adaptive_at_matched_tokens": pt(0.3),
+           "gap_closed_at_matched_latency": -0.5, "gap_closed_at_matched_tokens": -0.5,
+           "cascade_greedy_at_matched_latency": pt(0.4),
+           "cascade_greedy_at_matched_tokens": pt(0.29),
+           "cascade_greedy_gap_closed_at_matched_latency": 0.1,
+           "cascade_greedy_gap_closed_at_matched_tokens": -0.6}
+    assert bench.best_adaptive_policy(out) == {"adaptive_policy": "predictor"}
+    out["cascade_greedy_at_matched_tokens"] = pt(0.35)
+    out["cascade_greedy_gap_closed_at_matched_tokens"] = 0.05
+    res = bench.best_adaptive_policy(out)
+    assert res["adaptive_policy"] == "cascade_greedy"
+    assert res["adaptive_at_matched_tokens"]["accuracy"] == 0.35
+    assert res["gap_closed_at_matched_latency"] == 0.1
+    assert res["predictor_at_matched_latency"]["accuracy"] == 0.3
+
+
+def test_bench_greedy_cascade_on_committed_data(tmp_path: Path) -> None:
+    class Args:
+        outcomes = None
+        plot_dir = tmp_path
+        quick = True
+
+    out = bench.run(None, Args())
+    oracle, static = out["oracle"]["accuracy"], out["static_best"]["accuracy"]
+    for key, cost in (("latency", "latency_s"), ("tokens", "tokens")):
+        point = out[f"cascade_greedy_at_matched_{key}"]
+        assert point["confidence"] in ("mean", "min", "parses")
+        assert point["train"][cost] <= point["train"]["budget"] + 1e-9
+        assert out[f"cascade_greedy_gap_closed_at_matched_{key}"] == pytest.approx(
+            (point["accuracy"] - static) / (oracle - static))
+        pp = out[f"cascade_predictor_probe_at_matched_{key}"]
+        assert pp["train_cv"][cost] <= pp["train_cv"]["budget"] + 1e-9
+        assert 0.0 <= pp["stopped_fraction"] <= 1.0
+    # the greedy probe alone is the static greedy configuration's cost
+    assert out["cascade_greedy"]["probe_only"]["tokens"] == pytest.approx(
+        out["static"]["greedy"]["tokens"], rel=0.05)
+    assert out["adaptive_policy"] in {"predictor", "cascade", "cascade_greedy",
+                                      "cascade_predictor_probe"}
+    json.dumps(out)

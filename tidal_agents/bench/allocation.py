@@ -23,7 +23,16 @@ tokens) is not above the best static configuration's.
   vote (probe included); costs of both stages summed. Threshold and target
   are chosen on the training queries by the same matching rule (within the
   training static best's cost), then evaluated once on the held-out queries.
-  The ``adaptive_*`` / ``gap_closed_*`` keys stay the predictor policy's.
+* greedy-probe cascade (``cascade_greedy_*``, needs ``greedy-*.jsonl.gz``,
+  `collect --greedy-logprobs-only`): the probe is the greedy request
+  regenerated with log-probs; confidence method, threshold and target chosen
+  on the training queries (method by cross-validation); and predictor + probe
+  (``cascade_predictor_probe_*``): per query, stop at greedy or escalate, by
+  the utility rule over a predictor with the probe's features, lambda chosen by
+  cross-validation on the training queries.
+* ``adaptive_policy`` names the adaptive policy the ``adaptive_*`` /
+  ``gap_closed_*`` keys report: the predictor policy, unless a cascade policy
+  is more accurate than it at both matched latency and matched tokens.
 """
 
 from __future__ import annotations
@@ -232,6 +241,7 @@ def evaluate(
     split_seed: int,
     points: int = 30,
     cascade_inputs: tuple[dict[str, dict[str, Any]], Any] | None = None,
+    greedy_records: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """All figures of the benchmark (see the module docstring).
 
@@ -265,6 +275,89 @@ def evaluate(
             {"latency": sb["latency_s"], "tokens": sb["tokens"]},
             sb["accuracy"], out["oracle"]["accuracy"], names[tr_best],
         ))
+        if greedy_records is not None:
+            out.update(greedy_cascade_keys(
+                cascade_inputs, greedy_records, rows, tr_ids, qids,
+                {"latency": float(tr_static[tr_best, 2]),
+                 "tokens": float(tr_static[tr_best, 1])},
+                {"latency": sb["latency_s"], "tokens": sb["tokens"]},
+                sb["accuracy"], out["oracle"]["accuracy"], names[tr_best],
+            ))
+    out.update(best_adaptive_policy(out))
+    return out
+
+
+#: adaptive policies the bench can report, with the prefix of their matched keys
+ADAPTIVE_POLICIES = (("predictor", "adaptive"), ("cascade", "cascade"),
+                     ("cascade_greedy", "cascade_greedy"),
+                     ("cascade_predictor_probe", "cascade_predictor_probe"))
+
+
+def best_adaptive_policy(out: dict[str, Any]) -> dict[str, Any]:
+    """``adaptive_policy`` and, if a cascade beats the predictor policy, its points.
+
+    A cascade replaces the predictor policy in ``adaptive_at_matched_*`` /
+    ``gap_closed_at_matched_*`` only if it is more accurate at both matched
+    latency and matched tokens; among several, the best mean of the two.
+    The predictor policy's own points stay under ``predictor_at_matched_*``.
+    """
+    def acc(prefix: str, key: str) -> float | None:
+        p = out.get(f"{prefix}_at_matched_{key}")
+        return None if p is None else float(p["accuracy"])
+
+    keys = ("latency", "tokens")
+    base = [acc("adaptive", k) for k in keys]
+    best, best_score = "predictor", None
+    for name, prefix in ADAPTIVE_POLICIES[1:]:
+        mine = [acc(prefix, k) for k in keys]
+        if any(m is None for m in mine):
+            continue
+        if all(b is None or m > b + 1e-12 for m, b in zip(mine, base, strict=True)):  # type: ignore[operator]
+            score = float(np.mean(mine))  # type: ignore[arg-type]
+            if best_score is None or score > best_score:
+                best, best_score = name, score
+    res: dict[str, Any] = {"adaptive_policy": best}
+    if best != "predictor":
+        prefix = dict(ADAPTIVE_POLICIES)[best]
+        for k in keys:
+            res[f"predictor_at_matched_{k}"] = out.get(f"adaptive_at_matched_{k}")
+            res[f"predictor_gap_closed_at_matched_{k}"] = out.get(f"gap_closed_at_matched_{k}")
+            res[f"adaptive_at_matched_{k}"] = out[f"{prefix}_at_matched_{k}"]
+            res[f"gap_closed_at_matched_{k}"] = out[f"{prefix}_gap_closed_at_matched_{k}"]
+    return res
+
+
+def greedy_cascade_keys(
+    inputs: tuple[dict[str, dict[str, Any]], Any],
+    greedy_records: dict[str, dict[str, Any]],
+    rows: Sequence[dict[str, Any]],
+    train_ids: Sequence[str],
+    test_ids: Sequence[str],
+    train_budgets: dict[str, float],
+    test_budgets: dict[str, float],
+    static_best: float,
+    oracle: float,
+    train_static_best: str,
+) -> dict[str, Any]:
+    """The greedy-probe cascade's and predictor + probe's keys (fitted on training queries)."""
+    from tidal_agents.evaluation.cascade import greedy_cascade_figures
+
+    records, latency_model = inputs
+    fig = greedy_cascade_figures(records, greedy_records, latency_model, rows, train_ids,
+                                 test_ids, train_budgets, test_budgets)
+    pp = fig.pop("predictor_probe")
+    out: dict[str, Any] = {}
+    for key in ("latency", "tokens"):
+        for prefix, src in (("cascade_greedy", fig), ("cascade_predictor_probe", pp)):
+            point = src.pop(f"at_matched_{key}")
+            out[f"{prefix}_at_matched_{key}"] = point
+            out[f"{prefix}_gap_closed_at_matched_{key}"] = (
+                None if point is None else _gap(point["accuracy"], static_best, oracle))
+    fig["fitted_on"] = (f"{len(train_ids)} training queries (choices by query-grouped "
+                        f"cross-validation on them); budgets: the training static best "
+                        f"({train_static_best}) mean latency / tokens")
+    fig["predictor_probe"] = pp
+    out["cascade_greedy"] = fig
     return out
 
 
@@ -318,11 +411,18 @@ def _table(result: dict[str, Any]) -> None:
         if p:
             t.add_row(key.replace("_", " "), f"{p['accuracy']:.3f}", f"{p['tokens']:.0f}",
                       f"{p['latency_s']:.2f}")
-    for key in ("cascade_at_matched_latency", "cascade_at_matched_tokens"):
+    for key in ("cascade_at_matched_latency", "cascade_at_matched_tokens",
+                "cascade_greedy_at_matched_latency", "cascade_greedy_at_matched_tokens"):
         p = result.get(key)
         if p:
             t.add_row(f"{key.replace('_', ' ')} (t={p['threshold']}, {p['escalate_to']})",
                       f"{p['accuracy']:.3f}", f"{p['tokens']:.0f}", f"{p['latency_s']:.2f}")
+    for key in ("cascade_predictor_probe_at_matched_latency",
+                "cascade_predictor_probe_at_matched_tokens"):
+        p = result.get(key)
+        if p:
+            t.add_row(key.replace("_", " "), f"{p['accuracy']:.3f}", f"{p['tokens']:.0f}",
+                      f"{p['latency_s']:.2f}")
     o = result["oracle"]
     t.add_row("oracle", f"{o['accuracy']:.3f}", f"{o['tokens']:.0f}", f"{o['latency_s']:.2f}")
     Console(stderr=True).print(t)
@@ -357,13 +457,20 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
         predictor, _ = train(rows, fraction, seed, estimator="select")
     points = 12 if getattr(args, "quick", False) else 30
     cascade_inputs, cascade_note = _cascade_inputs(outcome_files)
+    greedy_records, greedy_note = _greedy_records(outcome_files, cascade_note)
     result = evaluate(rows, predictor, fraction, seed, points=points,
-                      cascade_inputs=cascade_inputs)
+                      cascade_inputs=cascade_inputs, greedy_records=greedy_records)
     if cascade_note:
         for key in ("latency", "tokens"):
             result[f"cascade_at_matched_{key}"] = None
             result[f"cascade_gap_closed_at_matched_{key}"] = None
         result["cascade"] = {"unavailable": cascade_note}
+    if greedy_note:
+        for prefix in ("cascade_greedy", "cascade_predictor_probe"):
+            for key in ("latency", "tokens"):
+                result[f"{prefix}_at_matched_{key}"] = None
+                result[f"{prefix}_gap_closed_at_matched_{key}"] = None
+        result["cascade_greedy"] = {"unavailable": greedy_note}
     static, names, adaptive, oracle = result.pop("_arrays")
     plot_dir = Path(getattr(args, "plot_dir", None) or _default_plot_dir())
     title = (f"{len(names)} configurations, {result['held_out_queries']} held-out queries, "
@@ -388,6 +495,23 @@ def _cascade_inputs(outcome_files: Sequence[Path] | None) -> tuple[Any, str | No
         return load_cascade_inputs(Path(files[0])), None
     except TidalConfigError as e:
         return None, str(e)
+
+
+def _greedy_records(
+    outcome_files: Sequence[Path] | None, cascade_note: str | None
+) -> tuple[dict[str, dict[str, Any]] | None, str | None]:
+    """The greedy-with-log-probs records beside the one outcome file, or (None, why not)."""
+    from tidal_agents.evaluation.cascade import load_greedy_records, side_file
+    from tidal_agents.evaluation.train import default_outcome_files
+
+    if cascade_note:
+        return None, cascade_note
+    files = list(outcome_files) if outcome_files else default_outcome_files()
+    recs = load_greedy_records(Path(files[0]))
+    if recs is None:
+        return None, (f"{side_file(Path(files[0]), 'greedy')} does not exist; run "
+                      "`tidal-agents collect --greedy-logprobs-only` (docs/evaluation.md).")
+    return recs, None
 
 
 def _default_plot_dir() -> Path:
