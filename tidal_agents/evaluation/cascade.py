@@ -24,6 +24,10 @@ Thresholds and targets are chosen on the **training** queries only
 (tokens) on the training queries is within the training static best's (the
 bench's matching rule, applied where fitting is allowed); that one policy is
 then evaluated on the held-out queries.
+
+The greedy-probe cascade and "predictor + probe" (bottom of this module) use
+the greedy request regenerated with log-probs (``greedy-*.jsonl.gz``,
+`collect --greedy-logprobs-only`) as the probe instead.
 """
 
 from __future__ import annotations
