@@ -113,7 +113,9 @@ async def test_long_generation_past_its_allowance_returns_best_so_far(
     model = TidalChatModel(strategy=StrategyConfig("single", max_tokens=2000), max_tokens=2000)
     loop = asyncio.get_running_loop()
     t0 = loop.time()
-    with model.episode(deadline_s=3, trace_path=str(tmp_path / "t.jsonl")) as ep:
+    # one expected step: the whole 3 s (less the margin) is this step's allowance
+    with model.episode(deadline_s=3, expected_steps=1,
+                       trace_path=str(tmp_path / "t.jsonl")) as ep:
         answer = await model.ainvoke("Write a very long story about the sea, in many chapters.")
     assert loop.time() - t0 < 3 + 1.0
     assert answer.content  # what was generated before the cut
