@@ -13,6 +13,7 @@ from langchain_tests.integration_tests import ChatModelIntegrationTests
 from langchain_tests.unit_tests import ChatModelUnitTests
 
 from tidal_agents import TidalChatModel
+from tidal_agents.strategies import StrategyConfig
 
 pytestmark = pytest.mark.engine
 
@@ -20,6 +21,11 @@ pytestmark = pytest.mark.engine
 # for a compact JSON joke.
 _PARAMS: dict[str, Any] = {"max_tokens": 64}
 _STANDARD = {"temperature": 0, "max_tokens": 64, "timeout": 60, "stop": [], "max_retries": 2}
+# The integration suite checks LangChain behaviour, and some of its assertions
+# need the right answer from a 135M model (`magic_function(3)` -> input 3). A
+# vote over T=0.7 samples gets that wrong now and then, so the suite runs
+# greedy. Allocation and voting are tested in tests/integration.
+_GREEDY = {**_STANDARD, "strategy": StrategyConfig("single", temperature=0.0, max_tokens=64)}
 
 
 class TestTidalChatModelUnit(ChatModelUnitTests):
@@ -39,7 +45,7 @@ class TestTidalChatModelIntegration(ChatModelIntegrationTests):
 
     @property
     def standard_chat_model_params(self) -> dict[str, Any]:
-        return _STANDARD
+        return _GREEDY
 
     @property
     def has_tool_choice(self) -> bool:
