@@ -11,6 +11,7 @@ import pytest
 from synthetic_outcomes import synthetic_rows
 
 from tidal_agents.bench import allocation as bench
+from tidal_agents.errors import TidalConfigError
 
 
 def test_oracle_prefers_right_then_cheap() -> None:
@@ -64,6 +65,9 @@ def test_run_end_to_end_from_outcomes(tmp_path: Path) -> None:
     assert matched["tokens"] <= best["tokens"]
     assert out["adaptive_at_matched_tokens"]["tokens"] <= out["static_best"]["tokens"] + 1e-9
     assert len(out["plots"]) == 2 and all(Path(p).exists() for p in out["plots"])
+    cv = out["cross_validated"]
+    assert cv["queries"] == 150 and "_folds" not in cv
+    assert cv["static"]["accuracy"] <= cv["oracle"]["accuracy"]
     json.dumps(out)  # the --json output must serialise
 
 
@@ -92,3 +96,70 @@ def test_run_on_committed_outcomes(tmp_path: Path) -> None:
         gap = out[key.replace("adaptive_at", "gap_closed_at")]
         oracle, static = out["oracle"]["accuracy"], out["static_best"]["accuracy"]
         assert gap == pytest.approx((point["accuracy"] - static) / (oracle - static))
+    cv = out["cross_validated"]
+    assert cv["queries"] == 200 and cv["folds"] == 5 and cv["repeats"] == 3
+    assert len(cv["per_fold"]) == 15
+    for key in ("tokens", "latency"):
+        lo, hi = cv[f"gap_closed_ci95_at_matched_{key}"]
+        assert lo <= cv[f"gap_closed_at_matched_{key}"] <= hi
+
+
+def test_cross_validated_figure_is_out_of_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every query decided once per repeat, by a fit that never saw it; intervals bracket."""
+    from tidal_agents.evaluation import train
+
+    rows = synthetic_rows(100)
+    fitted: dict[int, set[str]] = {}  # id(predictor) -> query ids it was fitted on
+    predicted: list[tuple[object, set[str]]] = []  # (predictor, query ids), kept alive
+    keep: list[object] = []  # outer predictors stay alive: their ids stay unique
+    real_fit, real_predict = train.fit_recipe, train.predict_rows
+
+    def fit_recipe(fit_rows, *a, **kw):  # type: ignore[no-untyped-def]
+        pred, est, cv = real_fit(fit_rows, *a, **kw)
+        fitted[id(pred)] = {r["query_id"] for r in fit_rows}
+        keep.append(pred)
+        for c in cv or []:  # the inner CV (lambda choice) saw the training folds only
+            assert set(c["_oof"]["qids"]) == fitted[id(pred)]
+        return pred, est, cv
+
+    def predict_rows(pred, pred_rows):  # type: ignore[no-untyped-def]
+        predicted.append((pred, {r["query_id"] for r in pred_rows}))
+        return real_predict(pred, pred_rows)
+
+    monkeypatch.setattr(train, "fit_recipe", fit_recipe)
+    monkeypatch.setattr(train, "predict_rows", predict_rows)
+    cv = bench.cross_validated_allocation(rows, folds=5, repeats=2, inner_folds=3,
+                                          inner_repeats=1, points=8, resamples=200)
+    outer = [(id(p), q) for p, q in predicted if any(p is k for k in keep)]
+    assert len(outer) == 5 * 2 and len(fitted) == 5 * 2
+    for p, q in outer:
+        assert q and q.isdisjoint(fitted[p])  # no query decided by a model trained on it
+    # bookkeeping: per repeat, the folds partition the queries; fit and decided disjoint
+    all_q = {r["query_id"] for r in rows}
+    for rep in range(2):
+        folds = [f for f in cv["_folds"] if f["repeat"] == rep]
+        decided = [q for f in folds for q in f["decided"]]
+        assert sorted(decided) == sorted(all_q)
+        for f in folds:
+            assert set(f["trained_on"]) == all_q - set(f["decided"])
+            assert 18 <= len(f["decided"]) <= 22  # balanced folds
+    assert cv["queries"] == 100 and len(cv["per_repeat"]) == 2
+    for key in ("tokens", "latency"):
+        point = cv[f"adaptive_at_matched_{key}"]
+        assert 0 <= point["accuracy"] <= cv["oracle"]["accuracy"]
+        assert sum(point["configs_used"].values()) == 100 * 2
+        d, (lo, hi) = (cv[f"adaptive_minus_static_at_matched_{key}"],
+                       cv[f"adaptive_minus_static_ci95_at_matched_{key}"])
+        assert lo <= d <= hi
+        gap, (glo, ghi) = (cv[f"gap_closed_at_matched_{key}"],
+                           cv[f"gap_closed_ci95_at_matched_{key}"])
+        assert glo <= gap <= ghi
+        assert gap == pytest.approx((point["accuracy"] - cv["static"]["accuracy"])
+                                    / (cv["oracle"]["accuracy"] - cv["static"]["accuracy"]))
+        each = [r[f"adaptive_at_matched_{key}"]["accuracy"] for r in cv["per_repeat"]]
+        assert point["accuracy"] == pytest.approx(float(np.mean(each)))
+    assert isinstance(cv["goal_met"], bool)
+    cv.pop("_folds")
+    json.dumps(cv)
+    with pytest.raises(TidalConfigError, match="complete queries"):
+        bench.cross_validated_allocation(synthetic_rows(20))

@@ -18,6 +18,7 @@ no part in the choice.
 from __future__ import annotations
 
 import argparse
+import functools
 import glob
 import hashlib
 import json
@@ -103,10 +104,15 @@ def row_config(row: dict[str, Any]) -> Any:
 
 def row_features(row: dict[str, Any]) -> Any:
     """Step features of the row's question, as the controller would see them."""
+    return _text_features(row["question"], int(row["prompt_tokens"]))
+
+
+@functools.lru_cache(maxsize=4096)
+def _text_features(question: str, prompt_tokens: int) -> Any:
+    """`StepFeatures` (frozen) of one question, cached: cross-validation refits often."""
     from tidal_agents.allocation.features import StepFeatures
 
-    return StepFeatures.from_text(row["question"], prompt_tokens=int(row["prompt_tokens"]),
-                                  answer_kind="math")
+    return StepFeatures.from_text(question, prompt_tokens=prompt_tokens, answer_kind="math")
 
 
 def training_rows(rows: Sequence[dict[str, Any]]) -> list[Any]:
@@ -184,6 +190,7 @@ def cross_validate(
     folds: int = 5,
     repeats: int = 3,
     seed: int = 0,
+    keep_predictions: bool = False,
 ) -> dict[str, Any]:
     """Query-grouped k-fold cross-validation of one estimator on `rows` (a training split).
 
@@ -192,6 +199,8 @@ def cross_validate(
     held-out split: Brier, and static best / oracle / adaptive at matched
     tokens and latency (costs: the per-configuration means of `rows`). Returns
     the means over repeats and each repeat's gap closed at matched tokens.
+    `keep_predictions` adds ``_oof``: {"qids", "configs", "acc_hat": one
+    Q x C array per repeat} (not JSON; for choices made on these predictions).
     """
     from tidal_agents.allocation.predictor import SklearnAccuracyPredictor
     from tidal_agents.bench.allocation import allocation_figures, outcome_matrices
@@ -206,6 +215,7 @@ def cross_validate(
     by = {(r["query_id"], r["config"]): r for r in rows}
     briers: list[float] = []
     figures: list[dict[str, Any]] = []
+    oof: list[np.ndarray] = []
     for rep in range(repeats):
         fold_of = np.array([cv_fold(q, folds, rep, seed) for q in qids])
         acc_hat = np.zeros_like(labels)
@@ -219,6 +229,7 @@ def cross_validate(
             pred.fit(training_rows(fit_rows))
             flat = [by[(qids[i], c)] for i in held for c in names]
             acc_hat[held] = predict_rows(pred, flat).reshape(len(held), len(names))
+        oof.append(acc_hat)
         briers.append(brier(acc_hat.ravel(), labels.ravel()))
         fig = allocation_figures(names, labels, tokens, latency, acc_hat, tokens.mean(axis=0),
                                  latency.mean(axis=0))
@@ -230,7 +241,7 @@ def cross_validate(
         numbers = [float(v) for v in vals if v is not None]
         return float(np.mean(numbers)) if len(numbers) == len(vals) else None
 
-    return {
+    result: dict[str, Any] = {
         "estimator": estimator,
         "folds": folds,
         "repeats": repeats,
@@ -246,11 +257,14 @@ def cross_validate(
             None if (g := f["gap_closed_at_matched_tokens"]) is None else float(g) for f in figures
         ],
     }
+    if keep_predictions:
+        result["_oof"] = {"qids": qids, "configs": names, "acc_hat": oof}
+    return result
 
 
 def select_estimator(
     rows: Sequence[dict[str, Any]], candidates: Sequence[str] = ESTIMATORS, seed: int = 0,
-    folds: int = 5, repeats: int = 3,
+    folds: int = 5, repeats: int = 3, keep_predictions: bool = False,
 ) -> tuple[str, list[dict[str, Any]]]:
     """The candidate with the highest cross-validated gap closed at matched tokens.
 
@@ -258,7 +272,8 @@ def select_estimator(
     query's worth (0.5 / queries) of the best count as tied; the lower
     cross-validated Brier score breaks the tie. `rows` must be the training split.
     """
-    results = [cross_validate(rows, c, folds, repeats, seed) for c in candidates]
+    results = [cross_validate(rows, c, folds, repeats, seed, keep_predictions)
+               for c in candidates]
     tie = 0.5 / results[0]["queries"]
 
     def accuracy(r: dict[str, Any]) -> float:
@@ -268,6 +283,39 @@ def select_estimator(
     best = max(accuracy(r) for r in results)
     contenders = [r for r in results if accuracy(r) >= best - tie]
     return min(contenders, key=lambda r: r["brier"])["estimator"], results
+
+
+def fit_recipe(
+    rows: Sequence[dict[str, Any]],
+    estimator: str = DEFAULT_ESTIMATOR,
+    seed: int = 0,
+    keep_cv: bool = False,
+    folds: int = 5,
+    repeats: int = 3,
+) -> tuple[Any, str, list[dict[str, Any]] | None]:
+    """The shipped model's recipe on `rows` (all of them training rows): (predictor, estimator, CV).
+
+    `estimator` "select" chooses among `ESTIMATORS` by query-grouped
+    cross-validation on `rows` (`select_estimator`); the CV table is returned.
+    A named estimator is fitted directly (no CV) unless `keep_cv`, which also
+    cross-validates it and keeps every CV result's out-of-fold predictions
+    (``_oof``, see `cross_validate`) for choices made on `rows` only.
+    """
+    from tidal_agents.allocation.predictor import SklearnAccuracyPredictor
+
+    cv_table: list[dict[str, Any]] | None = None
+    if estimator == "select":
+        estimator, cv_table = select_estimator(rows, seed=seed, folds=folds, repeats=repeats,
+                                               keep_predictions=keep_cv)
+    elif estimator not in ESTIMATORS:
+        raise TidalConfigError(
+            f"estimator={estimator!r}: allowed are {', '.join(ESTIMATORS)}, 'select'."
+        )
+    elif keep_cv:
+        cv_table = [cross_validate(rows, estimator, folds, repeats, seed, keep_predictions=True)]
+    predictor = SklearnAccuracyPredictor(estimator=estimator, random_state=seed)  # type: ignore[arg-type]
+    predictor.fit(training_rows(rows))
+    return predictor, estimator, cv_table
 
 
 def train(
@@ -281,18 +329,10 @@ def train(
     `estimator` "select" picks among `ESTIMATORS` by cross-validation on the
     training split (`select_estimator`); the report then carries the CV table.
     """
-    from tidal_agents.allocation.predictor import PriorAccuracyPredictor, SklearnAccuracyPredictor
+    from tidal_agents.allocation.predictor import PriorAccuracyPredictor
 
     train_rows, test_rows = split_rows(rows, test_fraction, seed)
-    cv_table: list[dict[str, Any]] | None = None
-    if estimator == "select":
-        estimator, cv_table = select_estimator(train_rows, seed=seed)
-    elif estimator not in ESTIMATORS:
-        raise TidalConfigError(
-            f"estimator={estimator!r}: allowed are {', '.join(ESTIMATORS)}, 'select'."
-        )
-    predictor = SklearnAccuracyPredictor(estimator=estimator, random_state=seed)  # type: ignore[arg-type]
-    predictor.fit(training_rows(train_rows))
+    predictor, estimator, cv_table = fit_recipe(train_rows, estimator, seed)
     label = np.array([r["soft_label"] for r in test_rows], dtype=float)
     pred = predict_rows(predictor, test_rows)
     prior = predict_rows(PriorAccuracyPredictor(), test_rows)
