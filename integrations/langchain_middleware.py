@@ -29,6 +29,7 @@ from langchain.agents.middleware.types import (
 from langchain_core.messages import ToolMessage
 
 from tidal_agents.episode import Episode
+from tidal_agents.errors import TidalConfigError
 
 
 class TidalEpisodeState(AgentState[Any]):
@@ -142,32 +143,46 @@ class TidalEpisodeMiddleware(AgentMiddleware[TidalEpisodeState, Any]):
 
 
 class ToolFirstMiddleware(AgentMiddleware):
-    """Forces a tool call on the first model step of an agent run.
+    """Forces a tool call on the first model step of an agent run, and (optionally)
+    an answer once `max_tool_calls` tool results are in the conversation.
 
     Small models often answer from memory when a tool would be right; agents
     whose task always needs a tool can require one until the first tool result
     is in the conversation (then the model is free again: tool_choice "auto").
+    They also tend to call tools again after the result is in; an agent that
+    knows its task needs at most k calls passes ``max_tool_calls=k``, and from
+    then on the model is asked with tool_choice "none", i.e. it must answer.
     """
 
-    def _first_step(self, request: ModelRequest) -> bool:
-        from langchain_core.messages import ToolMessage
+    def __init__(self, max_tool_calls: int | None = None) -> None:
+        super().__init__()
+        if max_tool_calls is not None and (
+            not isinstance(max_tool_calls, int) or isinstance(max_tool_calls, bool)
+            or max_tool_calls < 1
+        ):
+            raise TidalConfigError(
+                f"max_tool_calls={max_tool_calls!r}: allowed is None or an integer >= 1."
+            )
+        self.max_tool_calls = max_tool_calls
 
-        return bool(request.tools) and not any(
-            isinstance(m, ToolMessage) for m in request.messages
-        )
+    def _override(self, request: ModelRequest) -> ModelRequest:
+        if not request.tools:
+            return request
+        results = sum(isinstance(m, ToolMessage) for m in request.messages)
+        if results == 0:
+            return request.override(tool_choice="any")
+        if self.max_tool_calls is not None and results >= self.max_tool_calls:
+            return request.override(tool_choice="none")
+        return request
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
     ) -> ModelResponse:
-        if self._first_step(request):
-            request = request.override(tool_choice="any")
-        return handler(request)
+        return handler(self._override(request))
 
     async def awrap_model_call(
         self,
         request: ModelRequest,
         handler: Callable[[ModelRequest], Awaitable[ModelResponse]],
     ) -> ModelResponse:
-        if self._first_step(request):
-            request = request.override(tool_choice="any")
-        return await handler(request)
+        return await handler(self._override(request))

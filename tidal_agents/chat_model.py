@@ -535,7 +535,7 @@ class TidalChatModel(BaseChatModel):
         if response_format is not None:
             guided = GuidedDecoding(json_schema=response_format)
             chat = tp.add_system_prompt(chat, tp.schema_system_prompt(response_format))
-        elif specs and choice.mode != "none":
+        elif specs:  # tool_choice "none" included: an answer under the answer grammar
             chat = tp.add_system_prompt(chat, tp.tools_system_prompt(specs, choice, parallel))
             guided = tp.reply_grammar(specs, choice, parallel)
         engine = self.engine
@@ -610,7 +610,10 @@ class TidalChatModel(BaseChatModel):
         tool_grammar = guided is not None and response_format is None
         # Calls must name a bound tool with schema-valid arguments, even on a
         # backend that ignored the grammar.
-        parsed = tp.parse_reply(result.selected.text, tool_grammar, tools=specs or None)
+        # tool_choice "none": no tool is callable (a backend ignoring the grammar
+        # cannot smuggle a call through)
+        callable_specs = [] if choice.mode == "none" else (specs or None)
+        parsed = tp.parse_reply(result.selected.text, tool_grammar, tools=callable_specs)
         cost = result.cost
         if choice.mode == "auto" and parsed.tool_calls and _repeats_answered_call(
             parsed.tool_calls, messages

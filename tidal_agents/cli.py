@@ -190,6 +190,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="fewer items (for smoke tests)")
     p.add_argument("--deadline", type=float, default=None,
                    help="bench load: each episode's deadline, seconds (default 60)")
+    p.add_argument("--deadlines", type=float, nargs="+", default=None, metavar="S",
+                   help="bench episodes: episode deadlines in seconds "
+                   "(default 2.5 4 8; --quick: 4 15)")
+    p.add_argument("--tasks", type=int, default=None,
+                   help="bench episodes: number of tasks (default 36; --quick: 3)")
+    p.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
+                   help="bench episodes: task kinds (default: the one-call kinds)")
+    p.add_argument("--episodes-out", default=None, metavar="PATH",
+                   help="bench episodes: write every graded episode here (JSONL)")
     p.add_argument(
         "--remote", default=None, metavar="URL",
         help="bench engine: compare a `vllm serve` at URL ('auto': start one here) "

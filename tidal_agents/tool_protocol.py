@@ -147,9 +147,17 @@ def _call_schema(spec: ToolSpec) -> dict[str, Any]:
 def reply_grammar(
     specs: list[ToolSpec], choice: ToolChoice, parallel: bool
 ) -> GuidedDecoding | None:
-    """The JSON schema a reply must follow, or None for free text."""
-    if not specs or choice.mode == "none":
+    """The JSON schema a reply must follow, or None for free text.
+
+    With tools bound and tool_choice "none" the reply must be an answer; it is
+    still decoded in the protocol's JSON ({"answer": ...}), because the history
+    shows the model's earlier turns as JSON calls and a small model asked for
+    free text there imitates them or rambles (measured in docs/evaluation.md).
+    """
+    if not specs:
         return None
+    if choice.mode == "none":
+        return answer_grammar()
     callable_specs = [s for s in specs if choice.mode != "named" or s.name == choice.name]
     calls = [_call_schema(s) for s in callable_specs]
     one_call = calls[0] if len(calls) == 1 else {"anyOf": calls}
@@ -199,10 +207,12 @@ def tools_system_prompt(specs: list[ToolSpec], choice: ToolChoice, parallel: boo
         lines.append(
             'To call several tools at once: {"tool_calls": [{"name": ..., "arguments": ...}]}.'
         )
-    if choice.mode == "auto":
+    if choice.mode in ("auto", "none"):
         lines.append(
             'When a tool result answers the question, reply with JSON: {"answer": "<your answer>"}.'
         )
+    if choice.mode == "none":
+        lines.append("Do not call a tool now: answer.")
     elif choice.mode == "named":
         lines.append(f"Call the tool {choice.name}.")
     else:
@@ -257,9 +267,31 @@ def render_ai_message(msg: AIMessage) -> str:
     return _text(msg.content)
 
 
+def render_tool_result(text: str, call: dict[str, Any] | None, error: bool) -> str:
+    """A tool message's content, said together with the call it answers.
+
+    A bare "287.0" in a tool turn is easily mistaken for context by a small
+    model, which then repeats the question's numbers; naming the call that
+    produced it ("The result of multiply(a=41, b=7) is 287.0.") made the
+    embedded model state the result after one call on 20 of 24 tasks, against
+    9 of 24 with the bare value (docs/evaluation.md, bench episodes).
+    """
+    if call is None:
+        return f"{text} (error)" if error else text
+    args = ", ".join(
+        f"{k}={json.dumps(v, ensure_ascii=False)}" for k, v in (call.get("args") or {}).items()
+    )
+    signature = f"{call.get('name', 'tool')}({args})"
+    if error:
+        return f"The call {signature} failed (error): {text}"
+    end = "" if text.rstrip().endswith((".", "!", "?", "}", "]")) else "."
+    return f"The result of {signature} is {text}{end}"
+
+
 def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
     """LangChain messages -> chat-template dicts ({"role", "content"})."""
     out: list[dict[str, Any]] = []
+    calls: dict[str, dict[str, Any]] = {}  # tool_call_id -> the call, for its result
     for m in messages:
         if isinstance(m, SystemMessage):
             out.append({"role": "system", "content": _text(m.content)})
@@ -267,9 +299,12 @@ def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
             out.append({"role": "user", "content": _text(m.content)})
         elif isinstance(m, AIMessage):
             out.append({"role": "assistant", "content": render_ai_message(m)})
+            calls.update({c["id"]: dict(c) for c in m.tool_calls or () if c.get("id")})
         elif isinstance(m, ToolMessage):
-            status = " (error)" if getattr(m, "status", "success") == "error" else ""
-            out.append({"role": "tool", "content": f"{_text(m.content)}{status}"})
+            error = getattr(m, "status", "success") == "error"
+            call = calls.get(m.tool_call_id) if isinstance(m.tool_call_id, str) else None
+            content = render_tool_result(_text(m.content), call, error)
+            out.append({"role": "tool", "content": content})
         elif isinstance(m, ChatMessage):
             out.append({"role": m.role, "content": _text(m.content)})
         else:

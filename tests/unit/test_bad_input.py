@@ -485,10 +485,13 @@ def test_fake_tool_call_markup_in_free_text_is_never_a_call(text: str) -> None:
     assert parsed.content == text  # shown to the user as the text it is
 
 
-def test_reply_grammar_is_none_without_tools_or_with_tool_choice_none() -> None:
+def test_reply_grammar_is_none_without_tools_and_answer_only_with_tool_choice_none() -> None:
     specs = tp.to_tool_specs([{"type": "function", "function": {"name": "search"}}])
     assert tp.reply_grammar([], tp.ToolChoice("auto"), parallel=False) is None
-    assert tp.reply_grammar(specs, tp.ToolChoice("none"), parallel=True) is None
+    assert tp.reply_grammar(specs, tp.ToolChoice("none"), parallel=True) == tp.answer_grammar()
+    # a backend that ignored the grammar cannot smuggle a call in under "none"
+    call = json.dumps({"name": "search", "arguments": {}})
+    assert tp.parse_reply(call, True, tools=[]).tool_calls == []
 
 
 def test_under_the_grammar_an_answer_that_quotes_markup_stays_an_answer() -> None:

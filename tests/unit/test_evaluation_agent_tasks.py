@@ -34,11 +34,17 @@ def test_tasks_gold_follows_the_plan() -> None:
     for t in tasks:
         assert set(t.plan) <= set(t.tools)
         nums = [float(x) for x in __import__("re").findall(r"\d+", t.question)]
-        if t.kind == "multiply":
+        assert t.expected_steps == len(t.plan) + 1
+        if t.kind in ("multiply", "multiply-only"):
             assert t.gold == nums[0] * nums[1]
         elif t.kind == "add-multiply":
             assert t.gold == (nums[0] + nums[1]) * nums[2]
-        elif t.kind == "convert":
+        elif t.kind == "add-only":
+            assert t.gold == nums[0] + nums[1] and t.tools == ("add",)
+        elif t.kind == "price-lookup":
+            item = next(i for i in at.PRICES if i in t.question)
+            assert t.gold == at.PRICES[item] and t.plan == ("get_price",)
+        elif t.kind in ("convert", "convert-only"):
             assert t.gold == at.km_to_miles(nums[0])
         elif t.kind == "convert-add":
             assert t.gold == pytest.approx(at.km_to_miles(nums[0]) + nums[1])
@@ -47,6 +53,12 @@ def test_tasks_gold_follows_the_plan() -> None:
             assert t.gold == at.PRICES[item] * nums[0]
     with pytest.raises(TidalConfigError):
         at.agent_tasks(0)
+    one = at.agent_tasks(12, seed=1, kinds=at.ONE_CALL_KINDS)
+    assert {t.kind for t in one} == set(at.ONE_CALL_KINDS)
+    assert all(len(t.plan) == 1 and t.expected_steps == 2 for t in one)
+    for bad in ((), ("nope",)):
+        with pytest.raises(TidalConfigError, match="kinds"):
+            at.agent_tasks(3, kinds=bad)
 
 
 def test_states_number() -> None:

@@ -66,3 +66,30 @@ def test_tool_first_forces_a_call_only_before_the_first_result() -> None:
     agent = create_agent(model=model, tools=[add], middleware=[ToolFirstMiddleware()])
     agent.invoke({"messages": [("user", "1+2?")]})
     assert choices[0] == "any" and choices[1] in (None, "auto")
+
+
+def test_tool_first_with_a_call_budget_forces_the_answer() -> None:
+    import pytest
+
+    from integrations.langchain_middleware import ToolFirstMiddleware
+    from tidal_agents.errors import TidalConfigError
+
+    choices: list[Any] = []
+
+    class ChoiceModel(RecordingModel):
+        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+            choices.append(kwargs.get("tool_choice"))
+            return self
+
+    def call(i: int) -> AIMessage:
+        return AIMessage("", tool_calls=[{"name": "add", "args": {"a": i, "b": 2}, "id": f"c{i}"}])
+
+    model = ChoiceModel(messages=iter([call(1), call(2), AIMessage("4")]), seen=[])
+    agent = create_agent(model=model, tools=[add],
+                         middleware=[ToolFirstMiddleware(max_tool_calls=2)])
+    out = agent.invoke({"messages": [("user", "1+2, then 2+2?")]})
+    assert choices == ["any", None, "none"] or choices == ["any", "auto", "none"]
+    assert out["messages"][-1].content == "4"
+    for bad in (0, -1, True, 1.5, "2"):
+        with pytest.raises(TidalConfigError, match="max_tool_calls"):
+            ToolFirstMiddleware(max_tool_calls=bad)  # type: ignore[arg-type]

@@ -88,7 +88,11 @@ def test_grammar_admits_exactly_the_protocol() -> None:
     assert named is not None and named.json_schema is not None
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"name": "add", "arguments": {"a": 1, "b": 2}}, named.json_schema)
-    assert tp.reply_grammar(SPECS, tp.ToolChoice("none"), parallel=False) is None
+    # "none" with tools bound: an answer, still in the protocol's JSON
+    assert tp.reply_grammar(SPECS, tp.ToolChoice("none"), parallel=False) == tp.answer_grammar()
+    assert tp.reply_grammar([], tp.ToolChoice("none"), parallel=False) is None
+    assert '{"answer"' in tp.tools_system_prompt(SPECS, tp.ToolChoice("none"), False)
+    assert "Do not call a tool" in tp.tools_system_prompt(SPECS, tp.ToolChoice("none"), False)
 
 
 def test_parse_reply() -> None:
@@ -117,7 +121,13 @@ def test_messages_round_trip() -> None:
     ])
     assert [m["role"] for m in chat] == ["system", "user", "assistant", "tool", "tool"]
     assert json.loads(chat[2]["content"]) == {"name": "add", "arguments": {"a": 1, "b": 2}}
-    assert chat[4]["content"].endswith("(error)")
+    # a result is said with the call it answers; an unknown call id keeps the bare text
+    assert chat[3]["content"] == "The result of add(a=1, b=2) is 3."
+    assert chat[4]["content"] == "boom (error)"
+    failed = tp.to_chat_dicts([ai, ToolMessage("bad b", tool_call_id="x", status="error")])
+    assert failed[1]["content"] == "The call add(a=1, b=2) failed (error): bad b"
+    quoted = tp.render_tool_result('{"t": 1}', {"name": "get", "args": {"q": 'a"b'}}, False)
+    assert quoted == 'The result of get(q="a\\"b") is {"t": 1}'
     with_tools = tp.add_system_prompt(chat, "TOOLS")
     assert with_tools[0]["content"] == "sys\n\nTOOLS"
     assert tp.add_system_prompt(chat[1:], "TOOLS")[0] == {"role": "system", "content": "TOOLS"}

@@ -85,6 +85,11 @@ class AgentTask:
     plan: tuple[str, ...]
     kind: str
 
+    @property
+    def expected_steps(self) -> int:
+        """Model calls a correct solution makes: one per planned tool call, one answer."""
+        return len(self.plan) + 1
+
     def __post_init__(self) -> None:
         if not self.question.strip() or not self.tools or not math.isfinite(self.gold):
             raise TidalConfigError(f"AgentTask {self.id!r}: needs a question, tools and a gold.")
@@ -119,6 +124,27 @@ def _convert_then_add(r: random.Random) -> tuple[str, tuple[str, ...], float, tu
             ("km_to_miles", "add"), round(km_to_miles(km) + extra, 2), ("km_to_miles", "add"))
 
 
+def _multiply_only(r: random.Random) -> tuple[str, tuple[str, ...], float, tuple[str, ...]]:
+    a, b = r.randint(11, 99), r.randint(3, 19)
+    return f"What is {a} times {b}?", ("multiply",), float(a * b), ("multiply",)
+
+
+def _add_only(r: random.Random) -> tuple[str, tuple[str, ...], float, tuple[str, ...]]:
+    a, b = r.randint(11, 99), r.randint(11, 99)
+    return f"What is {a} plus {b}?", ("add",), float(a + b), ("add",)
+
+
+def _convert_only(r: random.Random) -> tuple[str, tuple[str, ...], float, tuple[str, ...]]:
+    km = r.choice([5, 10, 21, 42, 50, 80, 100, 160])
+    return f"How many miles is {km} km?", ("km_to_miles",), km_to_miles(km), ("km_to_miles",)
+
+
+def _price_lookup(r: random.Random) -> tuple[str, tuple[str, ...], float, tuple[str, ...]]:
+    item = r.choice(list(PRICES))
+    return (f"How much does one {item} cost in dollars?", ("get_price",), PRICES[item],
+            ("get_price",))
+
+
 AGENT_TASK_KINDS: dict[str, Callable[[random.Random], tuple[str, tuple[str, ...], float,
                                                             tuple[str, ...]]]] = {
     "multiply": _multiply_task,
@@ -126,18 +152,34 @@ AGENT_TASK_KINDS: dict[str, Callable[[random.Random], tuple[str, tuple[str, ...]
     "price": _price_task,
     "add-multiply": _add_then_multiply,
     "convert-add": _convert_then_add,
+    "multiply-only": _multiply_only,
+    "add-only": _add_only,
+    "convert-only": _convert_only,
+    "price-lookup": _price_lookup,
 }
 
+#: kinds solved by one tool call and an answer (2 model steps); "multiply" and
+#: "convert" also offer a second, wrong tool. The embedded 135M model solves some
+#: of these and almost none of the two-call chains (docs/evaluation.md).
+ONE_CALL_KINDS: tuple[str, ...] = (
+    "multiply-only", "add-only", "convert-only", "price-lookup", "multiply", "convert",
+)
 
-def agent_tasks(count: int, seed: int = 0) -> list[AgentTask]:
-    """`count` tasks, round robin over the kinds (one and two tool calls)."""
+
+def agent_tasks(count: int, seed: int = 0, kinds: tuple[str, ...] | None = None) -> list[AgentTask]:
+    """`count` tasks, round robin over `kinds` (default: all of AGENT_TASK_KINDS)."""
     if not isinstance(count, int) or isinstance(count, bool) or count < 1:
         raise TidalConfigError(f"count={count!r}: allowed is an integer >= 1.")
+    chosen = list(kinds) if kinds is not None else list(AGENT_TASK_KINDS)
+    unknown = [k for k in chosen if k not in AGENT_TASK_KINDS]
+    if not chosen or unknown:
+        raise TidalConfigError(
+            f"kinds={kinds!r}: allowed is a non-empty selection of {sorted(AGENT_TASK_KINDS)}."
+        )
     r = random.Random(seed)
-    kinds = list(AGENT_TASK_KINDS)
     out = []
     for i in range(count):
-        kind = kinds[i % len(kinds)]
+        kind = chosen[i % len(chosen)]
         question, tools, gold, plan = AGENT_TASK_KINDS[kind](r)
         out.append(AgentTask(f"agent-s{seed}-{i:03d}", question, tools, gold, plan, kind))
     return out
