@@ -579,6 +579,7 @@ class TidalChatModel(BaseChatModel):
             decision = decide(
                 features, grid, self.cost_model, predictor,
                 self.lambda_tokens, self.lambda_latency, allowance,
+                latency_headroom=self.cost_model.latency_headroom(),
             )
         chosen = self._fit_config(decision.config, max_tokens)
 

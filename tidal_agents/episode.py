@@ -242,7 +242,8 @@ class Episode:
                 any_fits=False,
             )
         return decide(features, grid, cost_model, predictor,
-                      self.lambda_tokens, self.lambda_latency, allowance)
+                      self.lambda_tokens, self.lambda_latency, allowance,
+                      latency_headroom=cost_model.latency_headroom())
 
     def record_event(self, event: str, **detail: Any) -> TraceEvent:
         """Keep a non-step event (trace.events and the JSONL file, in order)."""

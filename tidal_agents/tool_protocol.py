@@ -299,7 +299,9 @@ def to_chat_dicts(messages: list[BaseMessage]) -> list[dict[str, Any]]:
             out.append({"role": "user", "content": _text(m.content)})
         elif isinstance(m, AIMessage):
             out.append({"role": "assistant", "content": render_ai_message(m)})
-            calls.update({c["id"]: dict(c) for c in m.tool_calls or () if c.get("id")})
+            for c in m.tool_calls or ():
+                if c.get("id"):
+                    calls[str(c["id"])] = dict(c)
         elif isinstance(m, ToolMessage):
             error = getattr(m, "status", "success") == "error"
             call = calls.get(m.tool_call_id) if isinstance(m.tool_call_id, str) else None

@@ -178,3 +178,23 @@ def test_empty_grid_and_short_predictor_are_errors() -> None:
         decide(f, (), CostModel.default(), PriorAccuracyPredictor(), 0, 0, 1.0)
     with pytest.raises(TidalConfigError, match="returned 2 values for 8"):
         decide(f, default_grid(), CostModel.default(), TablePredictor([0.5, 0.5]), 0, 0, 1.0)
+
+
+def test_latency_headroom_makes_near_misses_not_fit() -> None:
+    cm = CostModel.default()
+    grid = default_grid(max_tokens=64)
+    f = StepFeatures(prompt_tokens=100, query_chars=40, answer_kind="math")
+    pred = PriorAccuracyPredictor()
+    lat = {c.name: cm.predict(c, f).latency_s for c in grid}
+    slowest = max(grid, key=lambda c: lat[c.name])
+    allowance = lat[slowest.name] * 1.05  # everything fits, just
+    plain = decide(f, grid, cm, pred, 0.0, 0.0, allowance)
+    padded = decide(f, grid, cm, pred, 0.0, 0.0, allowance, latency_headroom=1.3)
+    assert all(c.fits for c in plain.candidates)
+    assert not next(c for c in padded.candidates if c.name == slowest.name).fits
+    assert padded.latency_headroom == 1.3 and "headroom x1.30" in padded.reason
+    assert padded.to_dict()["latency_headroom"] == 1.3
+    assert lat[padded.config.name] * 1.3 <= allowance
+    for bad in (0.5, math.nan, math.inf, True, "2"):
+        with pytest.raises(TidalConfigError, match="latency_headroom"):
+            decide(f, grid, cm, pred, 0.0, 0.0, allowance, latency_headroom=bad)  # type: ignore[arg-type]

@@ -202,3 +202,32 @@ def test_load_is_not_mistaken_for_a_slower_machine() -> None:
     cm.update(cfg, busy, CostRecord(prompt_tokens=50, generated_tokens=64, engine_calls=1,
                                     wall_s=expected))
     assert cm.load_factor == pytest.approx(1.0)
+
+
+def test_latency_headroom_follows_recent_overruns() -> None:
+    cm = CostModel.default()
+    f = feats()
+    assert cm.latency_headroom() == 1.0  # no measurements: trust the prediction
+    for _ in range(4):
+        p = cm.predict(BO8, f).latency_s
+        cm.update(BO8, f, CostRecord(generated_tokens=512, engine_calls=1, wall_s=1.5 * p))
+    assert cm.latency_headroom() == 1.0  # fewer than HEADROOM_MIN_SAMPLES
+    p = cm.predict(BO8, f).latency_s
+    cm.update(BO8, f, CostRecord(generated_tokens=512, engine_calls=1, wall_s=1.5 * p))
+    # every step overran its (moving) prediction: the headroom covers the overrun
+    assert 1.0 < cm.latency_headroom() <= 1.5 + 1e-9
+    # cut-short runs are censored and do not enter the ratios
+    n_before = len(cm._latency_ratios)
+    cm.update(BO8, f, CostRecord(generated_tokens=512, engine_calls=1, wall_s=9.0, cut_short=True))
+    assert len(cm._latency_ratios) == n_before
+    # steps faster than predicted never make the headroom < 1; the window forgets
+    fast = CostModel.default()
+    for _ in range(70):
+        p = fast.predict(BO8, f).latency_s
+        fast.update(BO8, f, CostRecord(generated_tokens=512, engine_calls=1, wall_s=0.5 * p))
+    assert fast.latency_headroom() == 1.0
+    huge = CostModel.default()
+    for _ in range(10):
+        p = huge.predict(BO8, f).latency_s
+        huge.update(BO8, f, CostRecord(generated_tokens=512, engine_calls=1, wall_s=50 * p))
+    assert huge.latency_headroom() == 2.0  # clipped at HEADROOM_MAX

@@ -64,6 +64,8 @@ class StepDecision:
     decision_time_s: float
     #: False when no configuration's predicted latency fit the allowance
     any_fits: bool = True
+    #: predicted latencies were multiplied by this before the fit test
+    latency_headroom: float = 1.0
 
     @property
     def chosen(self) -> CandidateEstimate:
@@ -90,6 +92,7 @@ class StepDecision:
             "reason": self.reason,
             "allowance_s": _json_float(self.allowance_s),
             "any_fits": self.any_fits,
+            "latency_headroom": self.latency_headroom,
             "predictor_kind": self.predictor_kind,
             "lambda_tokens": self.lambda_tokens,
             "lambda_latency": self.lambda_latency,
@@ -141,15 +144,24 @@ def decide(
     lambda_tokens: float,
     lambda_latency: float,
     allowance_s: float,
+    latency_headroom: float = 1.0,
 ) -> StepDecision:
     """Choose the configuration of maximum utility among those that fit `allowance_s`.
 
-    Ties go to the lower predicted latency, then to the earlier grid entry.
+    A configuration fits when its predicted latency times `latency_headroom`
+    (>= 1; `CostModel.latency_headroom`, from how far recent steps overran their
+    predictions) is within the allowance. Ties go to the lower predicted
+    latency, then to the earlier grid entry.
     """
     t0 = time.perf_counter()
     lt = check_lambda("lambda_tokens", lambda_tokens)
     ll = check_lambda("lambda_latency", lambda_latency)
     allowance = check_allowance(allowance_s)
+    if not finite_number(latency_headroom) or not 1.0 <= latency_headroom <= 100.0:
+        raise TidalConfigError(
+            f"latency_headroom={latency_headroom!r}: allowed is a number in [1, 100]."
+        )
+    headroom = float(latency_headroom)
     if not grid:
         raise TidalConfigError("The allocation grid is empty; pass at least one StrategyConfig.")
     accs = predictor.predict(features, grid)
@@ -168,7 +180,7 @@ def decide(
                 tokens=cost.tokens,
                 latency_s=cost.latency_s,
                 utility=acc - lt * cost.tokens - ll * cost.latency_s,
-                fits=cost.latency_s <= allowance,
+                fits=cost.latency_s * headroom <= allowance,
             )
         )
     order = range(len(cands))
@@ -176,9 +188,10 @@ def decide(
     if fitting:
         best = min(fitting, key=lambda i: (-cands[i].utility, cands[i].latency_s, i))
         c = cands[best]
+        margin = f" with latency headroom x{headroom:.2f}" if headroom > 1.0 else ""
         reason = (
             f"max utility among {len(fitting)}/{len(cands)} configurations fitting the "
-            f"allowance {allowance:.2f}s: {c.name} (acc {c.accuracy:.2f}, "
+            f"allowance {allowance:.2f}s{margin}: {c.name} (acc {c.accuracy:.2f}, "
             f"{c.tokens:.0f} tok, {c.latency_s:.2f}s, utility {c.utility:.3f})"
         )
     else:
@@ -198,6 +211,7 @@ def decide(
         lambda_latency=ll,
         decision_time_s=time.perf_counter() - t0,
         any_fits=bool(fitting),
+        latency_headroom=headroom,
     )
 
 

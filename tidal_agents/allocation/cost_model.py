@@ -45,6 +45,7 @@ import os
 import re
 import tempfile
 import threading
+from collections import deque
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -119,6 +120,13 @@ DEFAULT_BEAM_FACTORS: dict[str, float] = {"beam2": 1.6, "beam4": 1.9}
 DEFAULT_OUTPUT_TOKENS: dict[str, float] = {"text": 96.0, "math": 128.0, "tool_call": 40.0}
 
 
+#: recent steps whose measured / predicted latency ratios set the headroom
+RATIO_WINDOW = 64
+HEADROOM_QUANTILE = 0.8
+HEADROOM_MIN_SAMPLES = 5
+HEADROOM_MAX = 2.0
+
+
 @dataclass
 class CostModel:
     """Parametric latency/token model of one backend, corrected online.
@@ -151,6 +159,9 @@ class CostModel:
                 f"load_rate + config_rate = {self.load_rate + self.config_rate}: allowed is < 1."
             )
         self._lock = threading.Lock()
+        #: measured / predicted wall time of this process's recent completed steps
+        #: (not saved: it describes this run's conditions, see `latency_headroom`)
+        self._latency_ratios: deque[float] = deque(maxlen=RATIO_WINDOW)
 
     # ------------------------------------------------------------------ priors
     @classmethod
@@ -238,6 +249,10 @@ class CostModel:
         """
         if cost.engine_calls <= 0 or cost.wall_s <= 0 or cost.generated_tokens <= 0:
             return
+        predicted = self.predict(config, features).latency_s
+        if not cost.cut_short and predicted > 0:
+            with self._lock:
+                self._latency_ratios.append(cost.wall_s / predicted)
         seqs = _sequences(config)
         actual_per_seq = cost.generated_tokens / seqs
         with self._lock:
@@ -258,6 +273,24 @@ class CostModel:
             self.load_factor = _clamp(self.load_factor * math.exp(self.load_rate * residual))
             self.config_factors[config.name] = _clamp(cfg * math.exp(self.config_rate * residual))
             self.updates += 1
+
+    def latency_headroom(
+        self, quantile: float = HEADROOM_QUANTILE, min_samples: int = HEADROOM_MIN_SAMPLES
+    ) -> float:
+        """How much to inflate a predicted latency before comparing it with an allowance.
+
+        The `quantile` of measured / predicted wall time over this process's last
+        `RATIO_WINDOW` completed steps, clipped to [1, HEADROOM_MAX]; 1 (trust the
+        prediction) until `min_samples` steps were measured. A configuration whose
+        prediction only just fits runs past its allowance about half of the time
+        and is cut short; on a tool step a half-written call is no call at all.
+        """
+        with self._lock:
+            ratios = sorted(self._latency_ratios)
+        if len(ratios) < min_samples:
+            return 1.0
+        q = ratios[min(len(ratios) - 1, int(quantile * len(ratios)))]
+        return min(HEADROOM_MAX, max(1.0, q))
 
     # --------------------------------------------------------------- persistence
     def to_dict(self) -> dict[str, Any]:

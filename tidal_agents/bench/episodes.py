@@ -189,20 +189,20 @@ def summarise(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
     errs = _rel_errors(outcomes)
     best_static: dict[str, dict[str, Any] | None] = {}
     versus: dict[str, dict[str, Any]] = {}
-    for d in sorted({f"{o.deadline_s:g}" for o in outcomes}, key=float):
+    for dk in sorted({f"{o.deadline_s:g}" for o in outcomes}, key=float):
         meeting = [
-            (v[d]["success_rate"], p) for p, v in table.items()
-            if p != "adaptive" and d in v and v[d]["deadline_hit_rate"] >= MEETS_DEADLINE
+            (v[dk]["success_rate"], p) for p, v in table.items()
+            if p != "adaptive" and dk in v and v[dk]["deadline_hit_rate"] >= MEETS_DEADLINE
         ]
         best = max(meeting) if meeting else None
-        best_static[d] = (
+        best_static[dk] = (
             {"policy": best[1], "success_rate": best[0],
-             "deadline_hit_rate": table[best[1]][d]["deadline_hit_rate"]}
+             "deadline_hit_rate": table[best[1]][dk]["deadline_hit_rate"]}
             if best else None
         )
-        ada = table.get("adaptive", {}).get(d)
+        ada = table.get("adaptive", {}).get(dk)
         if ada is not None:
-            versus[d] = {
+            versus[dk] = {
                 "adaptive_success_rate": ada["success_rate"],
                 "adaptive_deadline_hit_rate": ada["deadline_hit_rate"],
                 "best_static_success_rate": best[0] if best else None,
