@@ -194,9 +194,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="bench episodes: episode deadlines in seconds "
                    "(default 2.5 4 8; --quick: 4 15)")
     p.add_argument("--tasks", type=int, default=None,
-                   help="bench episodes: number of tasks (default 36; --quick: 3)")
+                   help="bench episodes: number of tasks (default 48; --quick: 3)")
     p.add_argument("--kinds", nargs="+", default=None, metavar="KIND",
                    help="bench episodes: task kinds (default: the one-call kinds)")
+    p.add_argument("--seed", type=int, default=0, help="bench episodes: task seed (default 0)")
     p.add_argument("--episodes-out", default=None, metavar="PATH",
                    help="bench episodes: write every graded episode here (JSONL)")
     p.add_argument(

@@ -37,3 +37,22 @@ def test_step_latency_pairs_from_records() -> None:
         {"predicted_latency_s": 1.0, "spent": None},  # failed step: skipped
     ]
     assert bench.step_latency_pairs(steps) == [(1.5, 1.0), (2.0, 4.0)]
+
+
+def test_best_static_is_the_most_successful_policy_that_meets_the_deadline() -> None:
+    outs = [
+        # 4 s: bo16 succeeds more but misses one deadline of two: not eligible
+        _o("bo16-majority", 4, True, True, 900), _o("bo16-majority", 4, True, False, 900),
+        _o("greedy", 4, True, True, 100), _o("greedy", 4, False, True, 100),
+        _o("adaptive", 4, True, True, 300), _o("adaptive", 4, False, True, 300),
+        # 8 s: every static misses a deadline
+        _o("greedy", 8, True, False, 100), _o("adaptive", 8, False, True, 100),
+    ]
+    s = bench.summarise(outs)
+    assert s["best_static_meeting_deadline"]["4"] == {
+        "policy": "greedy", "success_rate": 0.5, "deadline_hit_rate": 1.0}
+    assert s["adaptive_vs_best_static"]["4"]["adaptive_success_at_least_best_static"] is True
+    assert s["best_static_meeting_deadline"]["8"] is None
+    assert s["adaptive_vs_best_static"]["8"]["best_static_success_rate"] is None
+    worse = bench.summarise([*outs[:4], _o("adaptive", 4, False, True, 300)])
+    assert worse["adaptive_vs_best_static"]["4"]["adaptive_success_at_least_best_static"] is False

@@ -268,7 +268,8 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
     bad = [d for d in deadlines if not (isinstance(d, (int, float)) and 0 < d < 3600)]
     if bad:
         raise TidalConfigError(f"deadlines {bad}: allowed are seconds in (0, 3600).")
-    tasks = agent_tasks(int(getattr(args, "tasks", 0) or (3 if quick else 36)), seed=0,
+    seed = int(getattr(args, "seed", 0) or 0)
+    tasks = agent_tasks(int(getattr(args, "tasks", 0) or (3 if quick else 48)), seed=seed,
                         kinds=tuple(kinds))
     pols = policies(max_tokens, quick)
     models = {
@@ -283,6 +284,7 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
     summary = summarise(outcomes)
     summary["deadlines_s"] = list(deadlines)
     summary["tasks"] = len(tasks)
+    summary["seed"] = seed
     summary["kinds"] = list(dict.fromkeys(t.kind for t in tasks))
     summary["policies"] = {n: (c.name if c else "adaptive") for n, c in pols.items()}
     out_path = getattr(args, "episodes_out", None)
