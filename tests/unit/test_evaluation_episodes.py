@@ -56,3 +56,17 @@ def test_best_static_is_the_most_successful_policy_that_meets_the_deadline() -> 
     assert s["adaptive_vs_best_static"]["8"]["best_static_success_rate"] is None
     worse = bench.summarise([*outs[:4], _o("adaptive", 4, False, True, 300)])
     assert worse["adaptive_vs_best_static"]["4"]["adaptive_success_at_least_best_static"] is False
+
+
+def test_cut_short_steps_are_not_latency_prediction_errors() -> None:
+    steps = [{"predicted_latency_s": 3.0, "spent": {"wall_s": 1.0}, "cut_short": True},
+             {"predicted_latency_s": 1.0, "spent": {"wall_s": 1.2}, "cut_short": False}]
+    assert bench.step_latency_pairs(steps) == [(1.0, 1.2)]
+
+
+def test_best_static_ties_go_to_the_cheaper_policy() -> None:
+    outs = [_o("greedy", 4, True, True, 100), _o("bo4-majority", 4, True, True, 400),
+            _o("adaptive", 4, True, True, 200)]
+    assert bench.summarise(outs)["best_static_meeting_deadline"]["4"]["policy"] == "greedy"
+    outs[0] = _o("zz-cheap", 4, True, True, 50)
+    assert bench.summarise(outs)["best_static_meeting_deadline"]["4"]["policy"] == "zz-cheap"

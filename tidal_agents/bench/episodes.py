@@ -96,9 +96,15 @@ def _trace_steps(trace: Any) -> list[dict[str, Any]]:
 
 
 def step_latency_pairs(steps: Sequence[dict[str, Any]]) -> list[tuple[float, float]]:
-    """(predicted, actual) latency of every step that ran, from trace records."""
+    """(predicted, actual) latency of every step that ran to its end, from trace records.
+
+    A step cut short at its allowance is left out: its wall time is where it was
+    stopped, not how long it would have taken (a censored measurement).
+    """
     pairs = []
     for s in steps:  # StepRecord.model_dump(): predicted_latency_s, spent.wall_s
+        if s.get("cut_short"):
+            continue
         pred = s.get("predicted_latency_s")
         actual = (s.get("spent") or {}).get("wall_s")
         if pred is not None and actual is not None and actual > 0:
@@ -194,7 +200,9 @@ def summarise(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
             (v[dk]["success_rate"], p) for p, v in table.items()
             if p != "adaptive" and dk in v and v[dk]["deadline_hit_rate"] >= MEETS_DEADLINE
         ]
-        best = max(meeting) if meeting else None
+        # ties: the cheaper policy (fewer mean tokens) is the stronger baseline
+        meeting.sort(key=lambda sp: (-sp[0], table[sp[1]][dk]["mean_tokens"]))
+        best = meeting[0] if meeting else None
         best_static[dk] = (
             {"policy": best[1], "success_rate": best[0],
              "deadline_hit_rate": table[best[1]][dk]["deadline_hit_rate"]}
