@@ -62,15 +62,9 @@ from tidal_agents.engine.remote import RemoteVLLMEngine, get_remote_engine
 from tidal_agents.episode import Episode, current_episode
 from tidal_agents.errors import TidalConfigError, TidalEngineError
 from tidal_agents.strategies import run_strategy
-from tidal_agents.strategies.base import (
-    AnswerKind,
-    Candidate,
-    CostRecord,
-    StepInput,
-    StrategyConfig,
-    StrategyResult,
-)
+from tidal_agents.strategies.base import StepInput
 from tidal_agents.trace.records import StepRecord
+from tidal_agents.types import AnswerKind, Candidate, CostRecord, StrategyConfig, StrategyResult
 
 PROVIDER = "tidal_agents"
 #: emitted to callback handlers (LangSmith, custom) once per step

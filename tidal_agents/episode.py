@@ -36,9 +36,9 @@ from tidal_agents.allocation.cost_model import CostModel
 from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.allocation.grid import default_grid
 from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
-from tidal_agents.strategies.base import StrategyConfig
 from tidal_agents.trace import JsonlWriter, Trace
 from tidal_agents.trace.records import StepRecord, TraceEvent
+from tidal_agents.types import StrategyConfig
 
 _CURRENT: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "tidal_episode", default=None

@@ -11,7 +11,7 @@ import pytest
 from tidal_agents.allocation import CostModel, StepFeatures
 from tidal_agents.allocation.calibrate import calibrate, measure, summary, unique_prompt
 from tidal_agents.engine import LocalVLLMEngine
-from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.types import StrategyConfig
 
 pytestmark = pytest.mark.engine
 

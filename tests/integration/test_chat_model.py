@@ -17,7 +17,7 @@ from langchain_core.tools import tool
 from integrations.langchain_middleware import ToolFirstMiddleware
 from tidal_agents import TidalChatModel
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.types import StrategyConfig
 
 pytestmark = pytest.mark.engine
 

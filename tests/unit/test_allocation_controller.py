@@ -18,7 +18,7 @@ from tidal_agents.allocation import (
     default_grid,
 )
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.types import StrategyConfig
 
 
 class TablePredictor:

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from tidal_agents.allocation import CostModel, CostParams, StepFeatures, default_grid
 from tidal_agents.allocation.cost_model import default_path
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import CostRecord, StrategyConfig
+from tidal_agents.types import CostRecord, StrategyConfig
 
 BO8 = StrategyConfig(strategy="best_of_n", n=8, selector="majority", max_tokens=64)
 GREEDY = StrategyConfig(strategy="single", temperature=0.0, max_tokens=64)

@@ -9,7 +9,7 @@ import pytest
 
 from tidal_agents.allocation import FEATURE_NAMES, StepFeatures, check_grid, default_grid
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.types import StrategyConfig
 
 
 def test_from_text_counts_cheap_cues() -> None:

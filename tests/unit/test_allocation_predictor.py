@@ -23,7 +23,7 @@ from tidal_agents.allocation.predictor import (
     design_matrix,
 )
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.types import StrategyConfig
 
 GRID = default_grid(64)
 

@@ -17,9 +17,9 @@ from hypothesis import strategies as st
 from tidal_agents.allocation import CostModel, PriorAccuracyPredictor, StepFeatures
 from tidal_agents.episode import Episode, current_episode
 from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
-from tidal_agents.strategies.base import Candidate, CostRecord, StrategyResult
 from tidal_agents.trace import Trace
 from tidal_agents.trace.records import StepRecord
+from tidal_agents.types import Candidate, CostRecord, StrategyResult
 
 
 class FakeClock:

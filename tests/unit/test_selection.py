@@ -20,7 +20,7 @@ from tidal_agents.selection import (
     select,
     vote,
 )
-from tidal_agents.strategies.base import Candidate
+from tidal_agents.types import Candidate
 
 
 def cand(text: str, lp: float | None = None, lps: tuple[float, ...] = ()) -> Candidate:

@@ -16,11 +16,11 @@ from langchain_core.runnables import RunnableConfig, RunnableLambda
 from tidal_agents.allocation import CostModel, PriorAccuracyPredictor, StepFeatures, decide
 from tidal_agents.allocation.grid import default_grid
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import Candidate, CostRecord, StrategyResult
 from tidal_agents.trace import Trace, read_jsonl
 from tidal_agents.trace.console import COLUMNS
 from tidal_agents.trace.events import STEP_EVENT, adispatch_step_event, dispatch_step_event
 from tidal_agents.trace.records import StepRecord
+from tidal_agents.types import Candidate, CostRecord, StrategyResult
 
 T0 = 1_760_000_000.0  # a wall-clock time
 

@@ -35,7 +35,7 @@ from tidal_agents.allocation.cost_model import (
 )
 from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.engine.types import Engine, GenerationRequest
-from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.types import StrategyConfig
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")

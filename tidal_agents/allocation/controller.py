@@ -21,7 +21,7 @@ from tidal_agents.allocation.cost_model import CostModel
 from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.allocation.predictor import AccuracyPredictor
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import StrategyConfig
+from tidal_agents.types import StrategyConfig
 
 
 @dataclass(frozen=True)

@@ -53,7 +53,7 @@ from typing import Any
 from tidal_agents.allocation.features import ANSWER_KINDS, StepFeatures
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.paths import calibration_dir
-from tidal_agents.strategies.base import CostRecord, StrategyConfig
+from tidal_agents.types import CostRecord, StrategyConfig
 
 _FORMAT_VERSION = 1
 #: correction factors are clamped here: one wild measurement must not poison the model

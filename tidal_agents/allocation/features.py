@@ -16,7 +16,7 @@ from typing import Any, get_args
 import numpy as np
 
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import AnswerKind
+from tidal_agents.types import AnswerKind
 
 ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from tidal_agents.allocation.features import FEATURE_NAMES, StepFeatures
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.strategies.base import AnswerKind, StrategyConfig
+from tidal_agents.types import AnswerKind, StrategyConfig
 
 PredictorKind = Literal["prior", "trained"]
 

@@ -250,7 +250,7 @@ def warm_up(model: Any, config: Any = None) -> float:
     """Start the shared engine and pay one-off costs (first request, first grammar)
     outside any episode, so that no episode's deadline includes them. Returns seconds."""
     from tidal_agents.chat_model import TidalChatModel
-    from tidal_agents.strategies.base import StrategyConfig
+    from tidal_agents.types import StrategyConfig
 
     t0 = time.monotonic()
     _ = model.engine  # starts the engine all the policies' models share

@@ -17,7 +17,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Callable, Coroutine
+from collections.abc import Coroutine
 from dataclasses import replace
 from typing import Any, TypeVar
 
@@ -28,6 +28,7 @@ from tidal_agents.engine.types import (
     GenerationRequest,
     GenerationResult,
     Sample,
+    TokenCallback,
     check_prompt_ids,
 )
 from tidal_agents.errors import TidalConfigError, TidalEngineError, TidalError
@@ -35,9 +36,6 @@ from tidal_agents.models import resolve_model
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
-
-#: called with (sample index, text delta) as tokens arrive
-TokenCallback = Callable[[int, str], None]
 
 
 class _Accumulator:

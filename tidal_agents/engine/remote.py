@@ -24,7 +24,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,13 +34,12 @@ from tidal_agents.engine.types import (
     GenerationRequest,
     GenerationResult,
     Sample,
+    TokenCallback,
     check_prompt_ids,
 )
 from tidal_agents.errors import TidalConfigError, TidalEngineError, TidalError
 
 logger = logging.getLogger(__name__)
-
-TokenCallback = Callable[[int, str], None]
 
 
 class _ReplicaFailed(Exception):

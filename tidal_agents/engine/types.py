@@ -16,6 +16,8 @@ from typing import Any, Literal, Protocol, runtime_checkable
 from tidal_agents.errors import TidalConfigError
 
 FinishReason = Literal["stop", "length", "abort", "timeout"]
+#: ``on_token(sample_index, text_delta)``, called as text arrives
+TokenCallback = Callable[[int, str], None]
 
 #: vLLM's default ``max_logprobs``: the most top-k log-probs one token may carry.
 MAX_TOP_LOGPROBS = 20
@@ -288,10 +290,19 @@ class Engine(Protocol):
         """Identifies model + engine + machine, used to key calibrations."""
         ...
 
+    @property
+    def tokenizer(self) -> Any:
+        """The model's Hugging Face tokenizer (chat template, token counts)."""
+        ...
+
+    def start(self) -> Engine:
+        """Start the backend if it is not running yet (idempotent); returns self."""
+        ...
+
     async def generate(
         self,
         request: GenerationRequest,
-        on_token: Callable[[int, str], None] | None = None,
+        on_token: TokenCallback | None = None,
     ) -> GenerationResult:
         """`on_token(sample_index, text_delta)` is called as text arrives."""
         ...

@@ -550,7 +550,8 @@ async def beam_rows(engine: Any, item: TaskItem, settings: CollectSettings) -> l
     """Beam configurations run for real (alone, so their wall time is a latency)."""
     from tidal_agents.selection.answers import answers_equal, extract_answer
     from tidal_agents.strategies import run_strategy
-    from tidal_agents.strategies.base import StepInput, StrategyConfig
+    from tidal_agents.strategies.base import StepInput
+    from tidal_agents.types import StrategyConfig
 
     prompt = engine.apply_chat_template(item.messages())
     rows = []

@@ -93,7 +93,7 @@ def split_rows(
 
 def row_config(row: dict[str, Any]) -> Any:
     """The StrategyConfig an outcome row measured."""
-    from tidal_agents.strategies.base import StrategyConfig
+    from tidal_agents.types import StrategyConfig
 
     selector: Any = row["selector"] if row["strategy"] == "best_of_n" else "first"
     return StrategyConfig(

@@ -18,13 +18,11 @@ import logging
 import re
 import threading
 import unicodedata
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.tool_calls import canonical_tool_call, parse_tool_call
-
-if TYPE_CHECKING:  # a runtime import would cycle through tidal_agents.strategies
-    from tidal_agents.strategies.base import AnswerKind
+from tidal_agents.types import AnswerKind
 
 #: answers longer than this are compared as strings, never handed to sympy
 _MAX_MATH_CHARS = 120

@@ -23,15 +23,12 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import canonical_answer
 from tidal_agents.selection.confidence import ConfidenceMethod, confidence
 from tidal_agents.selection.scorers import Scorer
-
-if TYPE_CHECKING:  # a runtime import would cycle through tidal_agents.strategies
-    from tidal_agents.strategies.base import AnswerKind, Candidate, SelectorName
+from tidal_agents.types import AnswerKind, Candidate, SelectorName
 
 SELECTORS: tuple[SelectorName, ...] = ("first", "majority", "confidence", "tool_vote", "scorer")
 

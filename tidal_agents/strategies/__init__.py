@@ -8,23 +8,15 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidal_agents.engine.local import TokenCallback
-from tidal_agents.engine.types import Engine
+from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.scorers import Scorer
-from tidal_agents.strategies.base import (
-    Candidate,
-    CostRecord,
-    StepInput,
-    Strategy,
-    StrategyConfig,
-    StrategyName,
-    StrategyResult,
-)
+from tidal_agents.strategies.base import StepInput, Strategy
 from tidal_agents.strategies.beam import beam
 from tidal_agents.strategies.best_of_n import best_of_n
 from tidal_agents.strategies.single import single
 from tidal_agents.strategies.vllm_beam import vllm_beam
+from tidal_agents.types import Candidate, CostRecord, StrategyConfig, StrategyName, StrategyResult
 
 STRATEGIES: dict[StrategyName, Any] = {
     "single": single,

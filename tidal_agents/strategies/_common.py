@@ -9,7 +9,8 @@ from typing import Any
 from tidal_agents.engine.types import GenerationRequest, GenerationResult, Sample
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import extract_answer
-from tidal_agents.strategies.base import Candidate, CostRecord, StepInput, StrategyConfig
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.types import Candidate, CostRecord, StrategyConfig
 
 #: the engine rejects timeout_s <= 0; a past deadline becomes an immediate abort
 _MIN_TIMEOUT_S = 1e-3

@@ -21,13 +21,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tidal_agents.engine.local import TokenCallback
-from tidal_agents.engine.types import Engine, Sample
+from tidal_agents.engine.types import Engine, Sample, TokenCallback
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import extract_answer, has_final_answer
 from tidal_agents.selection.scorers import Scorer
 from tidal_agents.strategies._common import CostMeter, past, request_for, require_tokenizer
-from tidal_agents.strategies.base import Candidate, StepInput, StrategyConfig, StrategyResult
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.types import Candidate, StrategyConfig, StrategyResult
 
 DELIMITER = "\n\n"
 #: search-and-learn's default depth

@@ -19,14 +19,14 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tidal_agents.engine.local import TokenCallback
-from tidal_agents.engine.types import Engine
+from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import canonical_answer
 from tidal_agents.selection.scorers import Scorer
 from tidal_agents.selection.voting import select
 from tidal_agents.strategies._common import CostMeter, past, request_for, to_candidate
-from tidal_agents.strategies.base import Candidate, StepInput, StrategyConfig, StrategyResult
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.types import Candidate, StrategyConfig, StrategyResult
 
 DECISIVE = 0.95
 _VOTING = ("majority", "confidence", "tool_vote")

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidal_agents.engine.local import TokenCallback
-from tidal_agents.engine.types import Engine
+from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.strategies._common import CostMeter, request_for, to_candidate
-from tidal_agents.strategies.base import StepInput, StrategyConfig, StrategyResult
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.types import StrategyConfig, StrategyResult
 
 
 async def single(

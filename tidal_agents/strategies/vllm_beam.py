@@ -28,12 +28,12 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from tidal_agents.engine.local import TokenCallback
-from tidal_agents.engine.types import MAX_TOP_LOGPROBS, Engine, GenerationRequest
+from tidal_agents.engine.types import MAX_TOP_LOGPROBS, Engine, GenerationRequest, TokenCallback
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import extract_answer
 from tidal_agents.strategies._common import CostMeter, past, require_tokenizer, timeout_for
-from tidal_agents.strategies.base import Candidate, StepInput, StrategyConfig, StrategyResult
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.types import Candidate, StrategyConfig, StrategyResult
 
 
 @dataclass(frozen=True)

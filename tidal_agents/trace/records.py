@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tidal_agents.allocation.controller import StepDecision
 from tidal_agents.allocation.features import StepFeatures
-from tidal_agents.strategies.base import StrategyResult
+from tidal_agents.types import StrategyResult
 
 
 class Spent(BaseModel):
