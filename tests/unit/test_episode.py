@@ -11,6 +11,7 @@ from pathlib import Path
 
 import matplotlib.image
 import pytest
+from fakes import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -20,14 +21,6 @@ from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
 from tidal_agents.trace import Trace
 from tidal_agents.trace.records import StepRecord
 from tidal_agents.types import Candidate, CostRecord, StrategyResult
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 1000.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 def _features(step: int = 0) -> StepFeatures:
@@ -52,7 +45,7 @@ def test_allowances_never_sum_past_the_deadline(
             break
         spent = allowance * fraction  # a step never outlives its allowance (hard limit)
         total += spent
-        clock.t += spent
+        clock.advance(spent)
         ep._steps_done += 1
     assert total <= deadline - ep.safety_margin_s + 1e-9
 
@@ -61,11 +54,11 @@ def test_deadline_exceeded_and_fallback() -> None:
     clock = FakeClock()
     cm, pred = CostModel.default(), PriorAccuracyPredictor()
     ep = Episode(deadline_s=2.0, clock=clock)
-    clock.t += 5
+    clock.advance(5)
     with pytest.raises(EpisodeDeadlineExceeded, match="deadline"):
         ep.decide(_features(), cm, pred)
     fb = Episode(deadline_s=2.0, clock=clock, on_deadline="fallback", fallback_allowance_s=0.5)
-    clock.t += 5
+    clock.advance(5)
     decision = fb.decide(_features(), cm, pred)
     fastest = min(decision.candidates, key=lambda c: c.latency_s)
     assert decision.config.name == fastest.name

@@ -7,20 +7,13 @@ import math
 import threading
 
 import pytest
+from fakes import FakeClock
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidal_agents.allocation import CostModel, PriorAccuracyPredictor, StepFeatures
 from tidal_agents.episode import Episode, allowance_for, current_episode
 from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.t = 500.0
-
-    def __call__(self) -> float:
-        return self.t
 
 
 @given(
@@ -42,7 +35,7 @@ def test_allowances_consumed_in_full_never_sum_past_the_deadline(
         allowance = ep.allowance_s(i)
         assert allowance >= 0
         total += allowance
-        clock.t += allowance
+        clock.advance(allowance)
     assert total <= deadline - ep.safety_margin_s + 1e-9
     assert ep.remaining_s() >= ep.safety_margin_s - 1e-9
 
@@ -64,7 +57,7 @@ def test_no_step_may_end_past_the_deadline(
         allowance = ep.allowance_s(i)
         if allowance > 0:  # with none left the step does not run (decide() raises)
             assert clock.t + allowance <= ep.deadline - ep.safety_margin_s + 1e-9
-        clock.t += allowance * fraction + tool_s
+        clock.advance(allowance * fraction + tool_s)
 
 
 def test_allowance_rule() -> None:
@@ -88,7 +81,7 @@ def test_decision_respects_the_allowance() -> None:
     assert d.allowance_s == pytest.approx(ep.allowance_s())
     assert d.predicted_latency_s <= d.allowance_s
     # the same step with less time left picks something no slower
-    clock.t += 3.5
+    clock.advance(3.5)
     later = ep.decide(f, CostModel.default(), PriorAccuracyPredictor())
     assert later.allowance_s < d.allowance_s
     assert later.predicted_latency_s <= d.predicted_latency_s
@@ -98,7 +91,7 @@ def test_an_expired_episode_raises_once_and_is_finished() -> None:
     clock = FakeClock()
     ep = Episode(deadline_s=3.0, clock=clock)
     f = StepFeatures(prompt_tokens=10, step_index=4)
-    clock.t += 3.0
+    clock.advance(3.0)
     assert not ep.finished
     with pytest.raises(EpisodeDeadlineExceeded, match=r"3 s deadline leaves no time for step 4"):
         ep.decide(f, CostModel.default(), PriorAccuracyPredictor())
