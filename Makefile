@@ -26,7 +26,7 @@ test: install
 	$(PY) -m pytest -q -rs tests
 
 test-fast: install
-	$(PY) -m pytest -q -m "not engine" tests/unit
+	$(PY) -m pytest -q -m "not engine and not slow" tests/unit tests/standard
 
 lint: install
 	$(VENV)/bin/ruff check tidal_agents integrations tests examples

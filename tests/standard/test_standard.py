@@ -1,4 +1,5 @@
-"""LangChain's own standard test suites, run against the real local engine.
+"""LangChain's own standard test suites: the unit suite needs no engine, the
+integration suite runs against the real local engine.
 
 Feature flags that are off are off because the feature does not exist in this
 model (text-only SmolLM2 / any text-only HF model), each with the reason.
@@ -14,8 +15,6 @@ from langchain_tests.unit_tests import ChatModelUnitTests
 
 from tidal_agents import TidalChatModel
 from tidal_agents.strategies import StrategyConfig
-
-pytestmark = pytest.mark.engine
 
 # Small budgets: the suites make ~80 calls on a 2-core CPU; 64 tokens leave room
 # for a compact JSON joke.
@@ -38,6 +37,7 @@ class TestTidalChatModelUnit(ChatModelUnitTests):
         return _STANDARD
 
 
+@pytest.mark.engine
 class TestTidalChatModelIntegration(ChatModelIntegrationTests):
     @property
     def chat_model_class(self) -> type[TidalChatModel]:

@@ -671,6 +671,7 @@ def test_engine_config_unknown_keys_are_named() -> None:
         EngineConfig(dtype="int3")
 
 
+@pytest.mark.slow  # imports vLLM to list its engine arguments
 def test_engine_config_unknown_vllm_args_are_named() -> None:
     with pytest.raises(ValueError) as err:
         EngineConfig(engine_args={"not_a_vllm_arg": 1, "max_num_batched_tokens": 512})

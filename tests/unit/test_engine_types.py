@@ -56,15 +56,20 @@ def test_guided_validation(kwargs: dict, fragment: str) -> None:
         GuidedDecoding(**kwargs)
 
 
+@pytest.mark.slow  # imports vLLM to list its engine arguments
 def test_engine_config_rejects_unknown_engine_args() -> None:
     with pytest.raises(ValueError, match="Unknown vLLM engine argument"):
         EngineConfig(engine_args={"no_such_arg": 1})
+
+
+def test_engine_config_rejects_unknown_fields() -> None:
     with pytest.raises(ValueError):
         EngineConfig(dtype="float8")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         EngineConfig(unknown_field=1)  # type: ignore[call-arg]
 
 
+@pytest.mark.slow  # imports vLLM
 def test_engine_args_on_cpu_defaults() -> None:
     args = EngineConfig(engine_args={"max_num_seqs": 64}).vllm_engine_args("/m")
     assert args["model"] == "/m"
