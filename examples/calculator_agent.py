@@ -8,8 +8,8 @@ from __future__ import annotations
 from langchain.agents import create_agent
 from langchain_core.tools import tool
 
-from integrations.langchain_middleware import ToolFirstMiddleware
 from tidal_agents import TidalChatModel
+from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
 
 
 @tool

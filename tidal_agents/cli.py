@@ -94,8 +94,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from pydantic import SecretStr
 
-    from integrations.openai_server import ServerSettings, serve
     from tidal_agents.chat_model import TidalChatModel
+    from tidal_agents.integrations.openai_server import ServerSettings, serve
 
     key = args.api_key or os.environ.get("TIDAL_API_KEY")
     try:

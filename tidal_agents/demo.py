@@ -10,7 +10,7 @@ from typing import Any
 from langchain.agents import create_agent
 from rich.console import Console
 
-from integrations.langchain_middleware import ToolFirstMiddleware
+from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
 
 
 def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:

@@ -14,9 +14,9 @@ from langchain.agents import create_agent
 from langchain_core.messages import AIMessage, ToolMessage
 from langchain_core.tools import tool
 
-from integrations.langchain_middleware import ToolFirstMiddleware
 from tidal_agents import TidalChatModel
 from tidal_agents.errors import TidalConfigError
+from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
 from tidal_agents.types import StrategyConfig
 
 pytestmark = pytest.mark.engine

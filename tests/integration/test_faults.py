@@ -16,10 +16,13 @@ from langchain.agents import create_agent
 from langchain_core.messages import ToolMessage
 from langchain_core.tools import tool
 
-from integrations.langchain_middleware import TidalEpisodeMiddleware, ToolFirstMiddleware
 from tidal_agents import TidalChatModel
 from tidal_agents.engine import EngineConfig, GenerationRequest, GenerationResult, LocalVLLMEngine
 from tidal_agents.errors import TidalEngineError
+from tidal_agents.integrations.langchain_middleware import (
+    TidalEpisodeMiddleware,
+    ToolFirstMiddleware,
+)
 from tidal_agents.strategies import StrategyConfig
 from tidal_agents.trace import load_jsonl, read_jsonl
 

@@ -12,11 +12,11 @@ import openai
 import pytest
 from pydantic import SecretStr
 
-from integrations.openai_server import ServerSettings, create_app
 from tidal_agents import TidalChatModel
 from tidal_agents.engine import LocalVLLMEngine
 from tidal_agents.engine.vllm_server import free_port
 from tidal_agents.errors import TidalConfigError
+from tidal_agents.integrations.openai_server import ServerSettings, create_app
 
 pytestmark = pytest.mark.engine
 

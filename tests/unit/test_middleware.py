@@ -9,8 +9,8 @@ from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 
-from integrations.langchain_middleware import TidalEpisodeMiddleware
 from tidal_agents.episode import current_episode
+from tidal_agents.integrations.langchain_middleware import TidalEpisodeMiddleware
 
 
 @tool
@@ -52,7 +52,7 @@ def test_each_invocation_gets_its_own_episode() -> None:
 
 
 def test_tool_first_forces_a_call_only_before_the_first_result() -> None:
-    from integrations.langchain_middleware import ToolFirstMiddleware
+    from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
 
     choices: list[Any] = []
 
@@ -71,8 +71,8 @@ def test_tool_first_forces_a_call_only_before_the_first_result() -> None:
 def test_tool_first_with_a_call_budget_forces_the_answer() -> None:
     import pytest
 
-    from integrations.langchain_middleware import ToolFirstMiddleware
     from tidal_agents.errors import TidalConfigError
+    from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
 
     choices: list[Any] = []
 

@@ -123,8 +123,8 @@ def run_episode(
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage
 
-    from integrations.langchain_middleware import ToolFirstMiddleware
     from tidal_agents.errors import EpisodeDeadlineExceeded
+    from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
 
     agent = create_agent(
         model=model, tools=langchain_tools(task.tools), system_prompt=SYSTEM_PROMPT,
