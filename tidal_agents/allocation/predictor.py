@@ -34,7 +34,10 @@ DEFAULT_PREDICTOR_FILE = "accuracy_predictor.joblib"
 
 @runtime_checkable
 class AccuracyPredictor(Protocol):
-    kind: str
+    @property
+    def kind(self) -> str:
+        """'trained' for a fitted predictor, 'prior' for the closed-form prior."""
+        ...
 
     def predict(self, features: StepFeatures, configs: Sequence[StrategyConfig]) -> list[float]:
         """Predicted accuracy in [0, 1] of each configuration on this step."""

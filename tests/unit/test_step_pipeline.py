@@ -1,0 +1,314 @@
+"""The step pipeline phase by phase, on the fake engine (no vLLM)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
+
+from tests.fakes import FakeEngine
+from tidal_agents.allocation import CostModel, PriorAccuracyPredictor, StepFeatures
+from tidal_agents.episode import Episode, EpisodeRegistry
+from tidal_agents.errors import TidalConfigError, TidalEngineError
+from tidal_agents.step import execute as execute_module
+from tidal_agents.step.decide import (
+    AllocationSettings,
+    decide_step,
+    fit_config,
+    predictor_for,
+    step_grid,
+)
+from tidal_agents.step.execute import execute
+from tidal_agents.step.finish import prefer_complete, repeats_answered_call, usage_metadata
+from tidal_agents.step.pipeline import StepPipeline, StepSettings, episode_for_call
+from tidal_agents.step.prepare import check_stop, parse_call_options, prepare_step
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.types import Candidate, CostRecord, StrategyConfig, StrategyResult
+
+ADD_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
+GREEDY = StrategyConfig("single", temperature=0.0, max_tokens=16)
+
+#: keys every step's JSONL record carries (later fields may be added, never removed)
+REQUIRED_RECORD_KEYS = {
+    "episode_id", "step_index", "node", "langgraph_step", "started_at", "ended_at",
+    "time_left_before_s", "time_left_after_s", "allowance_s", "decision", "strategy", "n",
+    "predicted_latency_s", "predicted_tokens", "predicted_accuracy", "spent", "selection",
+    "cut_short", "finish", "error", "features",
+}
+REQUIRED_DECISION_KEYS = {
+    "chosen", "config", "reason", "allowance_s", "any_fits", "latency_headroom",
+    "predictor_kind", "lambda_tokens", "lambda_latency", "predicted_accuracy",
+    "predicted_tokens", "predicted_latency_s", "candidates",
+}
+REQUIRED_SPENT_KEYS = {
+    "prompt_tokens", "cached_prompt_tokens", "generated_tokens", "engine_calls", "wall_s",
+}
+
+
+def _pipeline(engine: FakeEngine, **allocation: object) -> StepPipeline:
+    return StepPipeline(
+        engine=engine,
+        cost_model=CostModel.default(engine.backend_id),
+        predictor=PriorAccuracyPredictor(),
+        settings=StepSettings(
+            allocation=AllocationSettings(**allocation),  # type: ignore[arg-type]
+            max_tokens=32, max_retries=1, model_name="fake-model",
+        ),
+    )
+
+
+def _run(pipeline: StepPipeline, messages: list, episode: Episode | None = None, **kwargs):
+    options = parse_call_options(kwargs)
+    return asyncio.run(pipeline.run(messages, options, (), episode, {}))
+
+
+# ------------------------------------------------------------------ prepare
+def test_unknown_call_arguments_are_named() -> None:
+    with pytest.raises(TidalConfigError, match=r"Unknown call arguments \['temprature'\]"):
+        parse_call_options({"temprature": 0.3})
+
+
+def test_empty_messages_are_refused_before_generation() -> None:
+    engine = FakeEngine()
+    with pytest.raises(TidalConfigError, match="messages is empty"):
+        prepare_step(engine, [], parse_call_options({}), (), 32)
+    assert engine.requests == []
+
+
+def test_bad_stop_is_refused() -> None:
+    assert check_stop("END") == ("END",)
+    with pytest.raises(TidalConfigError, match="stop="):
+        check_stop([""])
+
+
+def test_tools_give_a_tool_grammar_and_the_tool_call_answer_kind() -> None:
+    prepared = prepare_step(
+        FakeEngine(), [HumanMessage("add 2 and 3")], parse_call_options({"tools": [ADD_TOOL]}),
+        (), 32,
+    )
+    assert prepared.guided is not None and prepared.tool_grammar
+    assert prepared.answer_kind == "tool_call"
+    assert "add" in prepared.prompt
+
+
+def test_response_format_gives_a_schema_grammar_and_text_answers() -> None:
+    schema = {"type": "object", "properties": {"x": {"type": "integer"}}}
+    prepared = prepare_step(
+        FakeEngine(), [HumanMessage("x?")], parse_call_options({"response_format": schema}),
+        (), 32,
+    )
+    assert prepared.guided is not None and prepared.guided.json_schema == schema
+    assert not prepared.tool_grammar and prepared.answer_kind == "text"
+
+
+def test_token_room_is_capped_by_the_context_and_overflow_is_an_error() -> None:
+    engine = FakeEngine(max_model_len=12)
+    prepared = prepare_step(engine, [HumanMessage("one two")], parse_call_options({}), (), 256)
+    assert prepared.max_tokens == 12 - prepared.prompt_tokens
+    with pytest.raises(TidalConfigError, match="Shorten the conversation"):
+        prepare_step(engine, [HumanMessage("w " * 40)], parse_call_options({}), (), 256)
+
+
+# ------------------------------------------------------------------- decide
+def _features(answer_kind: str = "text") -> StepFeatures:
+    return StepFeatures.from_text("What is 2 + 3?", prompt_tokens=20, answer_kind=answer_kind)
+
+
+def test_grammar_steps_choose_among_sampling_strategies_only() -> None:
+    grid = step_grid(AllocationSettings(), max_tokens=64, guided=True)
+    assert grid and all(c.strategy in ("single", "best_of_n") for c in grid)
+    assert any(c.strategy == "beam" for c in step_grid(AllocationSettings(), 64, guided=False))
+
+
+def test_a_fixed_strategy_is_the_whole_grid_and_keeps_its_settings() -> None:
+    settings = AllocationSettings(strategy=StrategyConfig("best_of_n", n=4, selector="majority"))
+    assert step_grid(settings, 64, guided=False) == (settings.strategy,)
+    fitted = fit_config(settings, GREEDY, max_tokens=10)
+    assert fitted.name == "bo4-majority" and fitted.max_tokens == 10
+
+
+def test_single_sample_steps_take_the_users_temperature() -> None:
+    fitted = fit_config(AllocationSettings(temperature=0.4), GREEDY, max_tokens=64)
+    assert fitted.temperature == 0.4 and fitted.max_tokens == 16
+
+
+def test_trained_predictor_is_not_used_outside_its_training_data() -> None:
+    class Trained:
+        kind = "trained"
+
+        def predict(self, features: StepFeatures, configs: object) -> list[float]:
+            raise AssertionError("not trained for this step")
+
+    grid = step_grid(AllocationSettings(), 64, guided=True)
+    assert predictor_for(Trained(), _features("tool_call"), grid).kind == "prior"
+
+
+def test_without_an_episode_the_per_call_timeout_is_the_allowance() -> None:
+    engine = FakeEngine()
+    grid = step_grid(AllocationSettings(), 64, guided=False)
+    cost_model = CostModel.default(engine.backend_id)
+    decision = decide_step(
+        AllocationSettings(timeout=3.0), _features(), grid, None, cost_model,
+        PriorAccuracyPredictor(),
+    )
+    assert decision.allowance_s == 3.0
+    unbounded = decide_step(
+        AllocationSettings(), _features(), grid, None, cost_model, PriorAccuracyPredictor()
+    )
+    assert math.isinf(unbounded.allowance_s)
+
+
+# ------------------------------------------------------------------ execute
+def test_engine_errors_are_retried_and_kept_for_the_trace() -> None:
+    engine = FakeEngine(fail_times=1, replies=("7",))
+    result = asyncio.run(execute(engine, StepInput(prompt="p"), GREEDY, None, None, 2))
+    assert result.selected.text == "7"
+    assert len(engine.requests) == 2
+    assert "injected fault" in result.details["engine_errors"][0]
+
+
+def test_retries_stop_at_max_retries() -> None:
+    engine = FakeEngine(fail_times=5)
+    with pytest.raises(TidalEngineError, match="injected fault"):
+        asyncio.run(execute(engine, StepInput(prompt="p"), GREEDY, None, None, 1))
+    assert len(engine.requests) == 2
+
+
+def test_a_hanging_engine_is_cut_off_after_the_grace(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(execute_module, "HANG_GRACE_S", 0.2)
+    engine = FakeEngine(hang=True)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with pytest.raises(TidalEngineError, match="did not return within"):
+            await execute(engine, StepInput(prompt="p"), GREEDY, start + 0.1, None, 0)
+        return loop.time() - start
+
+    assert 0.25 <= asyncio.run(run()) < 1.0
+
+
+# ------------------------------------------------------------------- finish
+def _candidate(text: str, finish: str, score: float | None = None) -> Candidate:
+    return Candidate(text=text, token_ids=(1,), finish_reason=finish, score=score)
+
+
+def test_a_complete_candidate_is_preferred_to_a_cut_short_selection() -> None:
+    cut = _candidate('{"na', "length", score=0.9)
+    done = [_candidate('{"answer": "1"}', "stop", 0.1), _candidate('{"answer": "2"}', "stop", 0.5)]
+    result = StrategyResult(
+        selected=cut, candidates=(cut, *done), cost=CostRecord(), config=GREEDY
+    )
+    preferred = prefer_complete(result)
+    assert preferred.selected.text == '{"answer": "2"}'
+    assert preferred.details["complete_preferred"] is True
+    only_cut = StrategyResult(selected=cut, candidates=(cut,), cost=CostRecord(), config=GREEDY)
+    assert prefer_complete(only_cut) is only_cut
+
+
+def test_repeated_calls_are_recognised() -> None:
+    call = {"name": "add", "args": {"a": 2, "b": 3}, "id": "c1"}
+    history = [
+        HumanMessage("add"), AIMessage("", tool_calls=[call]),
+        ToolMessage("5", tool_call_id="c1"),
+    ]
+    assert repeats_answered_call([{"name": "add", "args": {"b": 3, "a": 2}}], history)
+    assert not repeats_answered_call([{"name": "add", "args": {"a": 1, "b": 3}}], history)
+    assert not repeats_answered_call([call], history[:2])  # no result yet
+
+
+def test_usage_counts_cached_prompt_tokens() -> None:
+    usage = usage_metadata(CostRecord(prompt_tokens=10, cached_prompt_tokens=4,
+                                      generated_tokens=3))
+    assert usage["total_tokens"] == 13
+    assert usage["input_token_details"] == {"cache_read": 4}
+
+
+# ----------------------------------------------------------------- pipeline
+def test_a_text_step_end_to_end(tmp_path) -> None:
+    engine = FakeEngine(replies=("The answer is 5.",))
+    trace = tmp_path / "trace.jsonl"
+    with Episode(deadline_s=30, trace_path=str(trace)) as episode:
+        outcome = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("2+3?")], episode)
+    assert outcome.message.content == "The answer is 5."
+    meta = outcome.message.response_metadata
+    assert meta["model_provider"] == "tidal_agents" and meta["tidal"]["strategy"] == "greedy"
+    assert meta["tidal"]["episode_id"] == episode.id
+    assert outcome.message.usage_metadata["output_tokens"] == 4
+    assert [r.step_index for r in episode.trace] == [0]
+    lines = [json.loads(line) for line in trace.read_text().splitlines()]
+    steps = [line for line in lines if "step_index" in line]
+    assert len(steps) == 1
+    record = steps[0]
+    assert set(record) >= REQUIRED_RECORD_KEYS
+    assert set(record["decision"]) >= REQUIRED_DECISION_KEYS
+    assert set(record["spent"]) >= REQUIRED_SPENT_KEYS
+    assert record["finish"] == "answer" and record["error"] is None
+
+
+def test_a_tool_step_returns_the_parsed_call() -> None:
+    engine = FakeEngine(replies=('{"name": "add", "arguments": {"a": 2, "b": 3}}',))
+    outcome = _run(
+        _pipeline(engine, strategy=GREEDY), [HumanMessage("add 2 and 3")], tools=[ADD_TOOL]
+    )
+    (call,) = outcome.message.tool_calls
+    assert call["name"] == "add" and call["args"] == {"a": 2, "b": 3}
+    assert outcome.message.response_metadata["finish_reason"] == "tool_calls"
+    assert engine.requests[0].guided is not None
+    assert outcome.record.finish == "tool_call"
+
+
+def test_the_loop_guard_asks_for_an_answer_when_a_call_repeats() -> None:
+    call = {"name": "add", "args": {"a": 2, "b": 3}, "id": "c1"}
+    history = [
+        HumanMessage("add 2 and 3"), AIMessage("", tool_calls=[call]),
+        ToolMessage("5", tool_call_id="c1"),
+    ]
+    engine = FakeEngine(
+        replies=('{"name": "add", "arguments": {"a": 2, "b": 3}}', '{"answer": "5"}')
+    )
+    outcome = _run(_pipeline(engine, strategy=GREEDY), history, tools=[ADD_TOOL])
+    assert outcome.message.content == "5" and not outcome.message.tool_calls
+    assert outcome.record.selection["loop_guard"] is True
+    assert outcome.record.spent is not None and outcome.record.spent.engine_calls == 2
+
+
+def test_a_failed_step_is_recorded_before_the_error_is_raised() -> None:
+    engine = FakeEngine(fail_times=10)
+    with Episode(deadline_s=30) as episode, pytest.raises(TidalEngineError):
+        _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("hi")], episode)
+    (record,) = list(episode.trace)
+    assert record.error is not None and "injected fault" in record.error
+
+
+def test_adaptive_steps_record_the_decision_they_made() -> None:
+    engine = FakeEngine(replies=("5",))
+    system = SystemMessage("Answer briefly.")
+    outcome = _run(_pipeline(engine), [system, HumanMessage("What is 2 + 3?")])
+    decision = outcome.record.decision
+    assert decision["chosen"] == outcome.record.strategy
+    assert {c["name"] for c in decision["candidates"]} >= {"greedy"}
+
+
+def test_declared_episodes_are_shared_by_key_and_isolated_otherwise() -> None:
+    registry = EpisodeRegistry(max_size=4)
+    config = {"tidal_deadline_s": 30, "tidal_episode_id": "run-1"}
+    first = episode_for_call(config, registry, None)
+    assert first is not None and episode_for_call(config, registry, None) is first
+    assert episode_for_call({"thread_id": "t"}, registry, None) is None
+    once = episode_for_call({"tidal_deadline_s": 30}, registry, None)
+    assert once is not None and once is not first and len(registry) == 1

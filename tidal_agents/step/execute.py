@@ -1,0 +1,70 @@
+"""Execute: run the chosen strategy on the engine, with retries and a hang guard.
+
+Engines abort a request at the step's deadline themselves; the hang guard is
+the last resort for one that does not return anyway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import replace
+
+from tidal_agents.engine.retry import retrying_until
+from tidal_agents.engine.types import Engine, TokenCallback
+from tidal_agents.errors import TidalEngineError
+from tidal_agents.strategies import run_strategy
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.types import StrategyConfig, StrategyResult
+
+#: how long past its allowance a step may hang before it is cancelled
+HANG_GRACE_S = 2.0
+
+
+async def run_guarded(
+    engine: Engine,
+    step: StepInput,
+    config: StrategyConfig,
+    deadline: float | None,
+    on_token: TokenCallback | None,
+) -> StrategyResult:
+    """The strategy, cancelled `HANG_GRACE_S` after `deadline` if it has not returned."""
+    limit = None if deadline is None else max(deadline - time.monotonic(), 0) + HANG_GRACE_S
+    try:
+        async with asyncio.timeout(limit):
+            return await run_strategy(engine, step, config, deadline, on_token)
+    except TimeoutError as exc:
+        raise TidalEngineError(
+            f"The engine did not return within the step's allowance + {HANG_GRACE_S:g} s; "
+            "the request was cancelled."
+        ) from exc
+
+
+async def execute(
+    engine: Engine,
+    step: StepInput,
+    config: StrategyConfig,
+    deadline: float | None,
+    on_token: TokenCallback | None,
+    max_retries: int,
+) -> StrategyResult:
+    """`run_guarded`, retried on engine errors, never past `deadline`.
+
+    The errors that were retried are kept in the result's details for the trace.
+    """
+    errors: list[str] = []
+    retrying = retrying_until(
+        deadline, retry_on=TidalEngineError, attempts=max_retries + 1,
+        wait_multiplier=0.2, wait_max=2.0,
+    )
+    async for attempt in retrying:
+        with attempt:
+            try:
+                result = await run_guarded(engine, step, config, deadline, on_token)
+            except TidalEngineError as exc:
+                errors.append(str(exc))
+                raise
+            if errors:
+                result = replace(result, details={**result.details, "engine_errors": errors})
+            return result
+    raise AssertionError("unreachable")  # pragma: no cover - tenacity re-raises

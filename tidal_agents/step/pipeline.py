@@ -1,0 +1,177 @@
+"""One agent step: prepare -> decide -> execute -> finish.
+
+The pipeline is given its engine, cost model, predictor and settings; it knows
+nothing of LangChain's runnables or callbacks (the chat model adapts those).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from langchain_core.messages import AIMessage, BaseMessage
+
+from tidal_agents import tool_protocol as tp
+from tidal_agents.allocation import CostModel
+from tidal_agents.allocation.predictor import AccuracyPredictor
+from tidal_agents.engine.types import Engine, TokenCallback
+from tidal_agents.episode import Episode, EpisodeRegistry, current_episode
+from tidal_agents.step.decide import AllocationSettings, decide_step, fit_config, step_grid
+from tidal_agents.step.execute import execute
+from tidal_agents.step.finish import (
+    StepContext,
+    prefer_complete,
+    repeats_answered_call,
+    step_record,
+    to_message,
+)
+from tidal_agents.step.prepare import (
+    CallOptions,
+    PreparedStep,
+    prepare_step,
+    step_features,
+)
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.trace.records import StepRecord
+from tidal_agents.types import StrategyConfig, StrategyResult
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """Everything about a step the chat model's fields decide."""
+
+    allocation: AllocationSettings
+    #: most new tokens per sample
+    max_tokens: int
+    #: engine errors retried per step (never past the step's allowance)
+    max_retries: int
+    #: the reply's ``model_name``
+    model_name: str
+
+
+@dataclass(frozen=True)
+class StepOutcome:
+    message: AIMessage
+    record: StepRecord
+
+
+@dataclass
+class StepPipeline:
+    engine: Engine
+    cost_model: CostModel
+    predictor: AccuracyPredictor
+    settings: StepSettings
+
+    async def run(
+        self,
+        messages: Sequence[BaseMessage],
+        options: CallOptions,
+        stops: tuple[str, ...],
+        episode: Episode | None,
+        metadata: Mapping[str, Any],
+        on_token: TokenCallback | None = None,
+    ) -> StepOutcome:
+        """Run one step; its record goes to the episode's trace, raised errors included."""
+        started_wall = time.time()
+        prepared = prepare_step(self.engine, messages, options, stops, self.settings.max_tokens)
+        step_index = episode.next_step_index() if episode else 0
+        features = step_features(
+            prepared, step_index, int(getattr(self.engine, "in_flight_sequences", 0))
+        )
+        context = StepContext(
+            episode=episode, step_index=step_index, metadata=metadata,
+            started_wall=started_wall,
+            time_left_before_s=episode.remaining_s() if episode else None,
+        )
+        allocation = self.settings.allocation
+        grid = step_grid(allocation, prepared.max_tokens, guided=prepared.guided is not None)
+        decision = decide_step(
+            allocation, features, grid, episode, self.cost_model, self.predictor
+        )
+        chosen = fit_config(allocation, decision.config, prepared.max_tokens)
+        allowance_s = decision.allowance_s
+        deadline = time.monotonic() + allowance_s if math.isfinite(allowance_s) else None
+        stream = on_token if chosen.strategy == "single" and prepared.guided is None else None
+        try:
+            result = await execute(
+                self.engine, prepared.step_input(), chosen, deadline, stream,
+                self.settings.max_retries,
+            )
+        except Exception as exc:
+            if episode is not None:
+                episode.record(step_record(
+                    context, decision, features, None, f"{type(exc).__name__}: {exc}"
+                ))
+            raise
+        if prepared.guided is not None:
+            result = prefer_complete(result)
+        result, parsed = await self._parse(prepared, result, chosen, deadline)
+        self.cost_model.update(chosen, features, result.cost)
+        record = step_record(
+            context, decision, features, result, None,
+            finish="tool_call" if parsed.tool_calls else "answer",
+        )
+        if episode is not None:
+            episode.record(record)
+        message = to_message(
+            parsed, result, chosen, decision, context, self.settings.model_name
+        )
+        return StepOutcome(message=message, record=record)
+
+    async def _parse(
+        self,
+        prepared: PreparedStep,
+        result: StrategyResult,
+        chosen: StrategyConfig,
+        deadline: float | None,
+    ) -> tuple[StrategyResult, tp.ParsedReply]:
+        """The reply's content and calls (checked against the bound tools, even on a
+        backend that ignored the grammar), with the loop guard applied."""
+        parsed = tp.parse_reply(
+            result.selected.text, prepared.tool_grammar, tools=prepared.callable_specs
+        )
+        if not (
+            prepared.options.choice.mode == "auto" and parsed.tool_calls
+            and repeats_answered_call(parsed.tool_calls, prepared.messages)
+        ):
+            return result, parsed
+        # Loop guard: small models re-issue a call whose result is already in the
+        # conversation. Ask once more, under an answer-only grammar.
+        answer = await execute(
+            self.engine,
+            StepInput(prompt=prepared.prompt, guided=tp.answer_grammar(), stop=prepared.stops),
+            StrategyConfig("single", temperature=0.0, max_tokens=chosen.max_tokens),
+            deadline, None, self.settings.max_retries,
+        )
+        parsed = tp.parse_reply(
+            answer.selected.text, True, tools=list(prepared.options.specs) or None
+        )
+        merged = result.cost.merged(answer.cost)
+        result = replace(result, cost=merged, details={**result.details, "loop_guard": True})
+        return result, parsed
+
+
+def episode_for_call(
+    configurable: Mapping[str, Any],
+    registry: EpisodeRegistry,
+    grid: tuple[StrategyConfig, ...] | None,
+) -> Episode | None:
+    """The active episode, else one declared through RunnableConfig ``configurable``.
+
+    Steps of a declared episode are tied together by ``tidal_episode_id`` or
+    LangGraph's ``thread_id``; without either, its deadline applies to this call alone.
+    """
+    active = current_episode()
+    if active is not None:
+        return active
+    if not any(str(k).startswith("tidal_") for k in configurable):
+        return None
+    key = configurable.get("tidal_episode_id") or configurable.get("thread_id")
+    if key is None:
+        return Episode.from_config(dict(configurable), grid=grid)
+    return registry.get_or_create(
+        str(key), lambda: Episode.from_config(dict(configurable), grid=grid)
+    )
