@@ -13,8 +13,7 @@ middleware is what ties the steps of one invocation to one deadline.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
+import time
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, NotRequired
 
@@ -28,8 +27,8 @@ from langchain.agents.middleware.types import (
 )
 from langchain_core.messages import ToolMessage
 
-from tidal_agents.episode import Episode
-from tidal_agents.errors import TidalConfigError
+from tidal_agents.episode import Episode, EpisodeRegistry, EpisodeSettings
+from tidal_agents.validation import check_bool, check_int
 
 
 class TidalEpisodeState(AgentState[Any]):
@@ -46,30 +45,32 @@ class TidalEpisodeMiddleware(AgentMiddleware[TidalEpisodeState, Any]):
         deadline_s: float,
         keep_last: int = 32,
         handle_tool_errors: bool = True,
-        **episode_kwargs: Any,
+        clock: Callable[[], float] = time.monotonic,
+        **episode_settings: Any,
     ) -> None:
-        """`handle_tool_errors`: a tool that raises becomes an error ToolMessage the
-        model sees (and a ``tool_error`` trace event), instead of ending the run."""
+        """`episode_settings`: the other fields of `EpisodeSettings`, checked now (no
+        episode and no trace file is made until the agent runs). `keep_last`:
+        episodes kept for lookup, the oldest dropped. `handle_tool_errors`: a tool
+        that raises becomes an error ToolMessage the model sees (and a
+        ``tool_error`` trace event), instead of ending the run."""
         super().__init__()
-        Episode(deadline_s=deadline_s, **episode_kwargs)  # validate arguments now
+        self.settings = EpisodeSettings.from_kwargs({"deadline_s": deadline_s,
+                                                     **episode_settings})
+        check_int("keep_last", keep_last, lo=1)
+        check_bool("handle_tool_errors", handle_tool_errors)
         self.handle_tool_errors = handle_tool_errors
         self.deadline_s = deadline_s
-        self.episode_kwargs = episode_kwargs
         self.keep_last = keep_last
-        self.episodes: OrderedDict[str, Episode] = OrderedDict()
-        self._lock = threading.Lock()
+        self.clock = clock
+        self.episodes = EpisodeRegistry(keep_last)
 
     @property
     def last_episode(self) -> Episode | None:
-        with self._lock:
-            return next(reversed(self.episodes.values()), None)
+        return self.episodes.last
 
     def before_agent(self, state: TidalEpisodeState, runtime: Any) -> dict[str, Any]:
-        episode = Episode(deadline_s=self.deadline_s, **self.episode_kwargs)
-        with self._lock:
-            self.episodes[episode.id] = episode
-            while len(self.episodes) > self.keep_last:
-                self.episodes.popitem(last=False)
+        episode = Episode.from_settings(self.settings, clock=self.clock)
+        self.episodes.add(episode)
         return {"tidal_episode_id": episode.id}
 
     async def abefore_agent(self, state: TidalEpisodeState, runtime: Any) -> dict[str, Any]:
@@ -85,8 +86,7 @@ class TidalEpisodeMiddleware(AgentMiddleware[TidalEpisodeState, Any]):
 
     def _episode(self, state: Any) -> Episode | None:
         episode_id = state.get("tidal_episode_id") if isinstance(state, dict) else None
-        with self._lock:
-            return self.episodes.get(episode_id) if episode_id else None
+        return self.episodes.get(episode_id or None)
 
     def wrap_model_call(
         self, request: ModelRequest, handler: Callable[[ModelRequest], ModelResponse]
@@ -156,13 +156,7 @@ class ToolFirstMiddleware(AgentMiddleware):
 
     def __init__(self, max_tool_calls: int | None = None) -> None:
         super().__init__()
-        if max_tool_calls is not None and (
-            not isinstance(max_tool_calls, int) or isinstance(max_tool_calls, bool)
-            or max_tool_calls < 1
-        ):
-            raise TidalConfigError(
-                f"max_tool_calls={max_tool_calls!r}: allowed is None or an integer >= 1."
-            )
+        check_int("max_tool_calls", max_tool_calls, lo=1, allow_none=True)
         self.max_tool_calls = max_tool_calls
 
     def _override(self, request: ModelRequest) -> ModelRequest:

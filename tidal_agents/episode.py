@@ -19,19 +19,17 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import dataclasses
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from tidal_agents.allocation.controller import (
-    StepDecision,
-    check_lambda,
-    decide,
-    finite_number,
-)
+from tidal_agents.allocation.controller import StepDecision, decide
 from tidal_agents.allocation.cost_model import CostModel
 from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.allocation.grid import default_grid
@@ -39,6 +37,7 @@ from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
 from tidal_agents.trace import JsonlWriter, Trace
 from tidal_agents.trace.records import StepRecord, TraceEvent
 from tidal_agents.types import StrategyConfig
+from tidal_agents.validation import check_choice, check_int, check_number, is_finite_number
 
 _CURRENT: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "tidal_episode", default=None
@@ -78,6 +77,137 @@ def allowance_for(
     return usable / max(1, expected_steps - steps_done)
 
 
+OnDeadline = Literal["raise", "fallback"]
+
+
+@dataclass(frozen=True)
+class EpisodeSettings:
+    """Everything an episode is configured with, checked by `verify` when built.
+
+    Episodes made from one settings object (`Episode.from_settings`) share these
+    values; each has its own id, start time and trace.
+    """
+
+    deadline_s: float
+    """Wall-clock seconds for the whole episode, a finite number > 0."""
+    lambda_tokens: float = 1e-4
+    """Utility price of one token, a finite number >= 0."""
+    lambda_latency: float = 0.05
+    """Utility price of one second, a finite number >= 0."""
+    safety_margin_s: float | None = None
+    """Seconds kept back from the deadline for the agent's own work between model
+    calls (tools, graph), 0 <= margin < deadline_s; None: 5% of the deadline, at
+    most 1 s (see `margin_s`)."""
+    expected_steps: int = 3
+    """Model calls the episode is expected to need, an integer >= 1."""
+    trace_path: str | Path | None = None
+    """JSONL file each record is appended to (flushed per record), or None."""
+    on_deadline: OnDeadline = "raise"
+    """A step that starts with no time left: "raise" -> EpisodeDeadlineExceeded;
+    "fallback" -> the fastest configuration runs for ``fallback_allowance_s``
+    (a bounded overrun, recorded in the trace)."""
+    fallback_allowance_s: float = 1.0
+    """Seconds a fallback step may spend, a finite number > 0."""
+    grid: Sequence[StrategyConfig] | None = None
+    """Configurations to choose among (kept as a tuple); None or empty:
+    allocation.default_grid()."""
+
+    def __post_init__(self) -> None:
+        self.verify()
+        if self.grid is not None:
+            object.__setattr__(self, "grid", tuple(self.grid) or None)
+
+    def verify(self) -> None:
+        """Raise TidalConfigError naming the first invalid setting and what is allowed."""
+        check_number("deadline_s", self.deadline_s, lo=0, lo_open=True)
+        check_number("lambda_tokens", self.lambda_tokens, lo=0)
+        check_number("lambda_latency", self.lambda_latency, lo=0)
+        margin = self.margin_s
+        if not (is_finite_number(margin) and 0 <= margin < self.deadline_s):
+            raise TidalConfigError(
+                f"safety_margin_s={self.safety_margin_s!r}: allowed is None (the default) or "
+                f"a number with 0 <= safety_margin_s < deadline_s ({self.deadline_s:g})."
+            )
+        check_int("expected_steps", self.expected_steps, lo=1)
+        check_choice("on_deadline", self.on_deadline, get_args(OnDeadline))
+        check_number("fallback_allowance_s", self.fallback_allowance_s, lo=0, lo_open=True)
+        if self.trace_path is not None and (
+            not isinstance(self.trace_path, (str, Path)) or not str(self.trace_path)
+        ):
+            raise TidalConfigError(
+                f"trace_path={self.trace_path!r}: allowed is None or a file path (str or Path)."
+            )
+        if self.grid is not None and (
+            not isinstance(self.grid, (list, tuple))
+            or not all(isinstance(c, StrategyConfig) for c in self.grid)
+        ):
+            raise TidalConfigError(
+                f"grid={self.grid!r}: allowed is None or a sequence of StrategyConfig."
+            )
+
+    @property
+    def margin_s(self) -> float:
+        """The safety margin in seconds, the default filled in."""
+        if self.safety_margin_s is None:
+            return min(1.0, 0.05 * self.deadline_s)
+        return self.safety_margin_s
+
+    @classmethod
+    def from_kwargs(cls, kwargs: Mapping[str, Any]) -> EpisodeSettings:
+        """Settings from keyword arguments, an unknown name a TidalConfigError."""
+        unknown = sorted(set(kwargs) - _SETTING_NAMES)
+        if unknown:
+            raise TidalConfigError(
+                f"Unknown episode setting(s) {unknown}; allowed: {sorted(_SETTING_NAMES)}."
+            )
+        return cls(**kwargs)
+
+    @classmethod
+    def from_config(
+        cls, configurable: Mapping[str, Any], grid: Sequence[StrategyConfig] | None = None
+    ) -> tuple[EpisodeSettings, str | None] | None:
+        """Settings and episode id from RunnableConfig["configurable"] keys
+        (``tidal_deadline_s`` ...); None when no ``tidal_*`` key is present.
+
+        An error names the key the caller wrote as well as the setting.
+        """
+        ours = {k: v for k, v in configurable.items() if str(k).startswith("tidal_")}
+        if not ours:
+            return None
+        unknown = sorted(set(ours) - set(CONFIG_KEYS))
+        if unknown:
+            raise TidalConfigError(
+                f"Unknown configurable key(s) {unknown}; allowed: {sorted(CONFIG_KEYS)}."
+            )
+        if "tidal_deadline_s" not in ours:
+            raise TidalConfigError(
+                "configurable has tidal_* keys but no 'tidal_deadline_s'; an episode needs "
+                "a deadline in seconds."
+            )
+        kwargs = {CONFIG_KEYS[key]: value for key, value in ours.items()}
+        episode_id = kwargs.pop("episode_id", None)
+        try:
+            if episode_id is not None:
+                episode_id = str(episode_id)
+                check_episode_id(episode_id)
+            return cls(grid=grid, **kwargs), episode_id
+        except TidalConfigError as exc:
+            keys = ", ".join(k for k, a in CONFIG_KEYS.items() if str(exc).startswith(a))
+            raise TidalConfigError(
+                f"configurable[{keys!r}]: {exc}" if keys else f"configurable: {exc}"
+            ) from exc
+
+
+_SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(EpisodeSettings))
+
+
+def check_episode_id(episode_id: Any) -> None:
+    """TidalConfigError unless `episode_id` is None or a non-empty string."""
+    if episode_id is not None and (not isinstance(episode_id, str) or not episode_id):
+        raise TidalConfigError(f"episode_id={episode_id!r}: allowed is a non-empty string.")
+
+
+
 class Episode:
     """A deadline for one agent episode, its allocation settings and its trace.
 
@@ -105,58 +235,45 @@ class Episode:
         safety_margin_s: float | None = None,
         expected_steps: int = 3,
         trace_path: str | Path | None = None,
-        on_deadline: Literal["raise", "fallback"] = "raise",
+        on_deadline: OnDeadline = "raise",
         fallback_allowance_s: float = 1.0,
         grid: Sequence[StrategyConfig] | None = None,
         clock: Callable[[], float] = time.monotonic,
         episode_id: str | None = None,
     ) -> None:
-        if episode_id is not None and (not isinstance(episode_id, str) or not episode_id):
-            raise TidalConfigError(f"episode_id={episode_id!r}: allowed is a non-empty string.")
-        if not finite_number(deadline_s) or deadline_s <= 0:
-            raise TidalConfigError(f"deadline_s={deadline_s!r}: allowed is a finite number > 0.")
-        self.lambda_tokens = check_lambda("lambda_tokens", lambda_tokens)
-        self.lambda_latency = check_lambda("lambda_latency", lambda_latency)
-        margin = min(1.0, 0.05 * deadline_s) if safety_margin_s is None else safety_margin_s
-        if (
-            not isinstance(margin, (int, float))
-            or isinstance(margin, bool)
-            or not 0 <= margin < deadline_s
-        ):
-            raise TidalConfigError(
-                f"safety_margin_s={safety_margin_s!r}: allowed is 0 <= margin < deadline_s."
-            )
-        if not isinstance(expected_steps, int) or isinstance(expected_steps, bool) or (
-            expected_steps < 1
-        ):
-            raise TidalConfigError(f"expected_steps={expected_steps!r}: allowed is an int >= 1.")
-        if on_deadline not in ("raise", "fallback"):
-            raise TidalConfigError(
-                f"on_deadline={on_deadline!r}: allowed are 'raise' and 'fallback'."
-            )
-        if not finite_number(fallback_allowance_s) or fallback_allowance_s <= 0:
-            raise TidalConfigError(
-                f"fallback_allowance_s={fallback_allowance_s!r}: allowed is a finite number > 0."
-            )
-        if trace_path is not None and (
-            not isinstance(trace_path, (str, Path)) or not str(trace_path)
-        ):
-            raise TidalConfigError(
-                f"trace_path={trace_path!r}: allowed is None or a file path (str or Path)."
-            )
-        if grid is not None and (
-            not isinstance(grid, (list, tuple))
-            or not all(isinstance(c, StrategyConfig) for c in grid)
-        ):
-            raise TidalConfigError(
-                f"grid={grid!r}: allowed is None or a sequence of StrategyConfig."
-            )
-        self.deadline_s = float(deadline_s)
-        self.safety_margin_s = float(margin)
-        self.expected_steps = expected_steps
-        self.on_deadline = on_deadline
-        self.fallback_allowance_s = float(fallback_allowance_s)
-        self.grid = tuple(grid) if grid else None
+        check_episode_id(episode_id)
+        # the settings' fields are these parameters, in this order
+        settings = EpisodeSettings(deadline_s, lambda_tokens, lambda_latency, safety_margin_s,
+                                   expected_steps, trace_path, on_deadline,
+                                   fallback_allowance_s, grid)
+        self._start(settings, clock, episode_id)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: EpisodeSettings,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        episode_id: str | None = None,
+    ) -> Episode:
+        """A new episode with these (already checked) settings; the clock starts now."""
+        check_episode_id(episode_id)
+        episode = cls.__new__(cls)
+        episode._start(settings, clock, episode_id)
+        return episode
+
+    def _start(
+        self, settings: EpisodeSettings, clock: Callable[[], float], episode_id: str | None
+    ) -> None:
+        self.settings = settings
+        self.deadline_s = float(settings.deadline_s)
+        self.lambda_tokens = float(settings.lambda_tokens)
+        self.lambda_latency = float(settings.lambda_latency)
+        self.safety_margin_s = float(settings.margin_s)
+        self.expected_steps = settings.expected_steps
+        self.on_deadline = settings.on_deadline
+        self.fallback_allowance_s = float(settings.fallback_allowance_s)
+        self.grid = settings.grid
         self.id = episode_id or uuid.uuid4().hex[:12]
         self._clock = clock
         self.started = clock()
@@ -164,7 +281,7 @@ class Episode:
         self.trace = Trace()
         self.trace.deadline_s = self.deadline_s
         self.trace.started_at = self.started_wall
-        self.writer = JsonlWriter(trace_path) if trace_path else None
+        self.writer = JsonlWriter(settings.trace_path) if settings.trace_path else None
         self.finished = False
         self._lock = threading.Lock()
         self._next_step = 0
@@ -189,10 +306,7 @@ class Episode:
         recorded so far (steps running concurrently have not been recorded yet,
         so they share the same, larger allowance: pass their index to split it).
         """
-        if step_index is not None and (
-            not isinstance(step_index, int) or isinstance(step_index, bool) or step_index < 0
-        ):
-            raise TidalConfigError(f"step_index={step_index!r}: allowed is an integer >= 0.")
+        check_int("step_index", step_index, lo=0, allow_none=True)
         with self._lock:
             done = self._steps_done if step_index is None else step_index
         return allowance_for(self.remaining_s(), done, self.expected_steps, self.safety_margin_s)
@@ -229,16 +343,11 @@ class Episode:
                 raise EpisodeDeadlineExceeded(message)
             fastest = decide(features, grid, cost_model, predictor,
                              self.lambda_tokens, self.lambda_latency, 0.0)
-            return StepDecision(
-                config=fastest.config,
+            return dataclasses.replace(
+                fastest,
                 reason=f"deadline passed: fallback to the fastest configuration "
                        f"({fastest.config.name}) for at most {self.fallback_allowance_s:g} s",
                 allowance_s=self.fallback_allowance_s,
-                candidates=fastest.candidates,
-                predictor_kind=fastest.predictor_kind,
-                lambda_tokens=fastest.lambda_tokens,
-                lambda_latency=fastest.lambda_latency,
-                decision_time_s=fastest.decision_time_s,
                 any_fits=False,
             )
         return decide(features, grid, cost_model, predictor,
@@ -293,44 +402,77 @@ class Episode:
     # --------------------------------------------------------- from config
     @classmethod
     def from_config(
-        cls, configurable: dict[str, Any], grid: Sequence[StrategyConfig] | None = None
+        cls, configurable: Mapping[str, Any], grid: Sequence[StrategyConfig] | None = None
     ) -> Episode | None:
         """Build from RunnableConfig["configurable"] keys (``tidal_deadline_s`` ...).
 
         Returns None when no ``tidal_*`` key is present.
         """
-        ours = {k: v for k, v in configurable.items() if str(k).startswith("tidal_")}
-        if not ours:
+        parsed = EpisodeSettings.from_config(configurable, grid)
+        if parsed is None:
             return None
-        unknown = sorted(set(ours) - set(CONFIG_KEYS))
-        if unknown:
-            raise TidalConfigError(
-                f"Unknown configurable key(s) {unknown}; allowed: {sorted(CONFIG_KEYS)}."
-            )
-        if "tidal_deadline_s" not in ours:
-            raise TidalConfigError(
-                "configurable has tidal_* keys but no 'tidal_deadline_s'; an episode needs "
-                "a deadline in seconds."
-            )
-        kwargs: dict[str, Any] = {}
-        for key, value in ours.items():
-            arg = CONFIG_KEYS[key]
-            if arg is not None:
-                kwargs[arg] = str(value) if arg == "episode_id" else value
-        try:
-            return cls(grid=grid, **kwargs)
-        except TidalConfigError as exc:
-            # name the key the caller wrote, not only the Episode argument
-            keys = ", ".join(k for k, a in CONFIG_KEYS.items() if a and str(exc).startswith(a))
-            raise TidalConfigError(
-                f"configurable[{keys!r}]: {exc}" if keys else f"configurable: {exc}"
-            ) from exc
+        settings, episode_id = parsed
+        return cls.from_settings(settings, episode_id=episode_id)
 
     def __repr__(self) -> str:
         return (
             f"Episode(id={self.id!r}, deadline_s={self.deadline_s:g}, "
             f"remaining_s={self.remaining_s():.2f}, steps={len(self.trace)})"
         )
+
+
+class EpisodeRegistry:
+    """Episodes by key, the oldest dropped past `max_size`; thread-safe.
+
+    Ties the steps of one agent run together when they reach the model on
+    different threads or tasks (a LangGraph thread id, a middleware's state key).
+    """
+
+    def __init__(self, max_size: int) -> None:
+        check_int("max_size", max_size, lo=1)
+        self.max_size = max_size
+        self._episodes: OrderedDict[str, Episode] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def add(self, episode: Episode, key: str | None = None) -> None:
+        """Store `episode` under `key` (default: its id) as the newest entry."""
+        with self._lock:
+            self._store(episode.id if key is None else key, episode)
+
+    def get(self, key: str | None) -> Episode | None:
+        if key is None:
+            return None
+        with self._lock:
+            return self._episodes.get(key)
+
+    def get_or_create(self, key: str, factory: Callable[[], Episode | None]) -> Episode | None:
+        """The episode under `key`; when there is none or it has finished, `factory()`'s
+        (stored unless None). The factory runs under the registry's lock, so callers
+        racing on one key share one new episode."""
+        with self._lock:
+            episode = self._episodes.get(key)
+            if episode is None or episode.finished:
+                episode = factory()
+                if episode is not None:
+                    self._store(key, episode)
+            return episode
+
+    @property
+    def last(self) -> Episode | None:
+        """The most recently stored episode."""
+        with self._lock:
+            return next(reversed(self._episodes.values()), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._episodes)
+
+    def _store(self, key: str, episode: Episode) -> None:
+        """Caller holds the lock."""
+        self._episodes[key] = episode
+        self._episodes.move_to_end(key)
+        while len(self._episodes) > self.max_size:
+            self._episodes.popitem(last=False)
 
 
 def episode_config(
@@ -342,7 +484,7 @@ def episode_config(
     trace_path: str | None = None,
     expected_steps: int | None = None,
     safety_margin_s: float | None = None,
-    on_deadline: Literal["raise", "fallback"] | None = None,
+    on_deadline: OnDeadline | None = None,
 ) -> dict[str, Any]:
     """RunnableConfig that declares an episode for a LangGraph graph or any runnable.
 
@@ -360,6 +502,5 @@ def episode_config(
     ):
         if value is not None:
             configurable[key] = value
-    probe = {k: v for k, v in configurable.items() if k != "tidal_trace_path"}
-    Episode.from_config(probe)  # validation only: no file is created
+    EpisodeSettings.from_config(configurable)  # checks only: no episode, no file
     return {"configurable": configurable}

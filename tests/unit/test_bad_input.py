@@ -605,7 +605,7 @@ def _cost_dict(**changes: Any) -> dict[str, Any]:
         (_cost_dict(output_tokens=[1]), "output_tokens must be an object"),  # AttributeError
         (_cost_dict(output_tokens={"text": -3}), r"output_tokens\['text'\]=-3"),
         (_cost_dict(load_rate=2), "load_rate=2.0: allowed is 0 <= load_rate < 1"),
-        (_cost_dict(updates=-1), "updates must be an integer >= 0"),
+        (_cost_dict(updates=-1), "updates=-1: allowed is an integer >= 0"),
         (_cost_dict(backend_id=5), "backend_id must be a string"),
         (_cost_dict(fit={"r2": "good"}), r"fit\['r2'\]='good'"),
     ],

@@ -22,6 +22,7 @@ from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.allocation.predictor import AccuracyPredictor
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.types import StrategyConfig
+from tidal_agents.validation import check_number, is_finite_number
 
 
 @dataclass(frozen=True)
@@ -104,32 +105,15 @@ class StepDecision:
         }
 
 
-def finite_number(x: object) -> bool:
-    """A real number (not a bool) that is finite as a float: NaN, +-inf and ints too
-    large for a float (``math.isfinite(10**400)`` raises OverflowError) are not."""
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:
-        return False
-
-
 def check_lambda(name: str, value: Any) -> float:
     """A price: a finite number >= 0 (NaN, inf, negatives and bools are refused)."""
-    if not finite_number(value) or value < 0:
-        raise TidalConfigError(f"{name}={value!r}: allowed is a finite number >= 0.")
+    check_number(name, value, lo=0)
     return float(value)
 
 
 def check_allowance(value: Any) -> float:
     """Seconds >= 0; math.inf means no deadline."""
-    if (
-        not isinstance(value, (int, float))
-        or isinstance(value, bool)
-        or not (finite_number(value) or value == math.inf)
-        or value < 0
-    ):
+    if not (is_finite_number(value) or value == math.inf) or value < 0:
         raise TidalConfigError(
             f"allowance_s={value!r}: allowed is a number >= 0 (math.inf for no deadline)."
         )
@@ -157,10 +141,7 @@ def decide(
     lt = check_lambda("lambda_tokens", lambda_tokens)
     ll = check_lambda("lambda_latency", lambda_latency)
     allowance = check_allowance(allowance_s)
-    if not finite_number(latency_headroom) or not 1.0 <= latency_headroom <= 100.0:
-        raise TidalConfigError(
-            f"latency_headroom={latency_headroom!r}: allowed is a number in [1, 100]."
-        )
+    check_number("latency_headroom", latency_headroom, lo=1, hi=100)
     headroom = float(latency_headroom)
     if not grid:
         raise TidalConfigError("The allocation grid is empty; pass at least one StrategyConfig.")

@@ -54,6 +54,7 @@ from tidal_agents.allocation.features import ANSWER_KINDS, StepFeatures
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.paths import calibration_dir
 from tidal_agents.types import CostRecord, StrategyConfig
+from tidal_agents.validation import check_int, check_number
 
 _FORMAT_VERSION = 1
 #: correction factors are clamped here: one wild measurement must not poison the model
@@ -84,14 +85,10 @@ class CostParams:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if not _finite(value) or value < 0:
-                raise TidalConfigError(
-                    f"CostParams.{name}={value!r}: allowed is a finite value >= 0."
-                )
-        if self.beam_segment_tokens < 1:
-            raise TidalConfigError(
-                f"beam_segment_tokens={self.beam_segment_tokens!r}: allowed is an integer >= 1."
-            )
+            if name == "beam_segment_tokens":
+                check_int(f"CostParams.{name}", value, lo=1)
+            else:
+                check_number(f"CostParams.{name}", value, lo=0)
 
 
 @dataclass(frozen=True)
@@ -150,9 +147,7 @@ class CostModel:
 
     def __post_init__(self) -> None:
         for name in ("load_rate", "config_rate", "tokens_rate"):
-            value = getattr(self, name)
-            if not _finite(value) or not 0 <= value < 1:
-                raise TidalConfigError(f"{name}={value!r}: allowed is 0 <= {name} < 1.")
+            check_number(name, getattr(self, name), lo=0, hi=1, hi_open=True)
         if self.load_rate + self.config_rate >= 1:
             # both factors move on one residual: together they must not overshoot it
             raise TidalConfigError(
@@ -346,8 +341,7 @@ class CostModel:
             if backend_id is not None and not isinstance(backend_id, str):
                 raise TypeError(f"backend_id must be a string or null, got {backend_id!r}")
             updates = data.get("updates", 0)
-            if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
-                raise TypeError(f"updates must be an integer >= 0, got {updates!r}")
+            check_int("updates", updates, lo=0)
             return cls(
                 params=params,
                 load_factor=_positive("load_factor", data.get("load_factor", 1.0)),
@@ -455,28 +449,17 @@ def _mapping(data: dict[str, Any], key: str) -> dict[str, Any]:
 
 
 def _number(name: str, value: Any, finite: bool = True) -> float:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or (
-        not _finite(value) if finite else isinstance(value, int) and not _finite(value)
-    ):
-        raise TypeError(f"{name}={value!r}: allowed is a {'finite ' if finite else ''}number")
+    """A finite number as a float; with ``finite=False`` any float passes (a fit
+    summary may hold an undefined R^2)."""
+    if finite or not isinstance(value, float):
+        check_number(name, value)
     return float(value)
 
 
 def _positive(name: str, value: Any) -> float:
-    number = _number(name, value)
-    if number <= 0:
-        raise ValueError(f"{name}={value!r}: allowed is a finite number > 0")
-    return number
+    check_number(name, value, lo=0, lo_open=True)
+    return float(value)
 
 
 def _clamp(x: float) -> float:
     return min(_FACTOR_MAX, max(_FACTOR_MIN, x))
-
-
-def _finite(x: Any) -> bool:
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an int too large for a float
-        return False

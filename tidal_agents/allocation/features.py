@@ -17,6 +17,7 @@ import numpy as np
 
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.types import AnswerKind
+from tidal_agents.validation import check_bool, check_choice, check_int, check_number
 
 ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
 
@@ -153,28 +154,17 @@ class StepFeatures:
 
     def __post_init__(self) -> None:
         for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "answer_kind":
-                if value not in ANSWER_KINDS:
-                    raise TidalConfigError(
-                        f"answer_kind={value!r}: allowed are {', '.join(ANSWER_KINDS)}."
-                    )
-            elif f.name in _BOOL_FIELDS:
-                if not isinstance(value, bool):
-                    raise TidalConfigError(f"{f.name}={value!r}: allowed is True or False.")
-            elif f.name == "expected_output_tokens":
-                if value is not None and (_bad_int(value) or value < 1):
-                    raise TidalConfigError(
-                        f"expected_output_tokens={value!r}: allowed is None or an integer >= 1."
-                    )
-            elif f.name in _FLOAT_FIELDS:
-                if (not isinstance(value, (int, float)) or isinstance(value, bool)
-                        or not math.isfinite(value) or value < 0):
-                    raise TidalConfigError(
-                        f"{f.name}={value!r}: allowed is a finite number >= 0."
-                    )
-            elif _bad_int(value) or value < 0:
-                raise TidalConfigError(f"{f.name}={value!r}: allowed is an integer >= 0.")
+            name, value = f.name, getattr(self, f.name)
+            if name == "answer_kind":
+                check_choice(name, value, ANSWER_KINDS)
+            elif name in _BOOL_FIELDS:
+                check_bool(name, value)
+            elif name == "expected_output_tokens":
+                check_int(name, value, lo=1, allow_none=True)
+            elif name in _FLOAT_FIELDS:
+                check_number(name, value, lo=0)
+            else:
+                check_int(name, value, lo=0)
         if self.cached_prefix_tokens > self.prompt_tokens:
             raise TidalConfigError(
                 f"cached_prefix_tokens={self.cached_prefix_tokens} exceeds prompt_tokens="
@@ -292,6 +282,3 @@ def _log10_1p(digit_run: str) -> float:
     head = digit_run.lstrip("0")[:15]
     return math.log10(1 + float(head or "0")) + max(0, len(digit_run.lstrip("0")) - 15)
 
-
-def _bad_int(value: Any) -> bool:
-    return not isinstance(value, int) or isinstance(value, bool)

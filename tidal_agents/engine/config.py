@@ -3,13 +3,20 @@
 from __future__ import annotations
 
 import os
+import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from tidal_agents.errors import TidalConfigError
+from tidal_agents.validation import config_error
 
 Dtype = Literal["auto", "bfloat16", "float16", "float32"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+#: what VLLM_CPU_OMP_THREADS_BIND takes: "auto", "nobind", or core ranges ("0-3,6"),
+#: one group per rank separated by "|"
+_CORE_LIST = r"\d+(-\d+)?(,\d+(-\d+)?)*"
+_CPU_BIND = re.compile(rf"auto|nobind|{_CORE_LIST}(\|{_CORE_LIST})*")
 
 
 def on_cpu() -> bool:
@@ -30,12 +37,17 @@ class EngineConfig(BaseModel):
     start; bfloat16; all cores; 1 GiB of KV cache; chunked prefill off, which
     keeps per-request seeds safe), on GPU vLLM's own defaults.
     Anything else vLLM's ``AsyncEngineArgs`` accepts goes in ``engine_args``.
+
+    Every field is checked when the object is built (strictly: no bool for an
+    int, no string for a number, no NaN or infinity); a bad value is a
+    TidalConfigError naming the field and what it allows.
     """
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True, allow_inf_nan=False)
 
     model: str | None = Field(
-        default=None, description="HF folder or name; None = the embedded SmolLM2-135M-Instruct"
+        default=None, min_length=1,
+        description="HF folder or name; None = the embedded SmolLM2-135M-Instruct",
     )
     dtype: Dtype = "auto"
     max_model_len: int | None = Field(default=None, ge=16)
@@ -48,12 +60,28 @@ class EngineConfig(BaseModel):
     pipeline_parallel_size: int = Field(default=1, ge=1)
     distributed_executor_backend: Literal["mp", "ray", "uni"] | None = None
     max_num_seqs: int | None = Field(default=None, ge=1)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="NumPy's seed range")
     max_restarts: int = Field(default=1, ge=0, description="restarts after the engine "
                               "process dies; past them requests fail with TidalEngineError")
     restart_backoff_s: float = Field(default=1.0, ge=0, le=60)
-    log_level: str = "WARNING"
+    log_level: LogLevel = "WARNING"
     engine_args: dict[str, Any] = Field(default_factory=dict)
+
+    def __init__(self, **data: Any) -> None:
+        try:
+            super().__init__(**data)
+        except ValidationError as exc:
+            raise config_error("EngineConfig", exc) from None
+
+    @field_validator("cpu_threads_bind")
+    @classmethod
+    def _cpu_bind(cls, value: str | None) -> str | None:
+        if value is not None and not _CPU_BIND.fullmatch(value):
+            raise ValueError(
+                "allowed is None, 'auto', 'nobind' or core ranges such as '0-3,6' (one "
+                "group per rank, separated by '|')"
+            )
+        return value
 
     @field_validator("engine_args")
     @classmethod

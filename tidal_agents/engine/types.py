@@ -7,13 +7,13 @@ engine and a remote `vllm serve` are interchangeable.
 from __future__ import annotations
 
 import json
-import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from tidal_agents.errors import TidalConfigError
+from tidal_agents.validation import check_bool, check_int, check_number, check_stop, is_int
 
 FinishReason = Literal["stop", "length", "abort", "timeout"]
 #: ``on_token(sample_index, text_delta)``, called as text arrives
@@ -179,65 +179,37 @@ class GenerationRequest:
     ignore_eos: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.prompt, str):
-            if not self.prompt:
-                raise TidalConfigError("prompt is empty; pass at least one character or token.")
-        elif isinstance(self.prompt, (tuple, list)):
-            if not self.prompt or not all(
-                isinstance(t, int) and not isinstance(t, bool) and t >= 0 for t in self.prompt
-            ):
-                raise TidalConfigError(
-                    "prompt token ids must be a non-empty sequence of ints >= 0."
-                )
-            object.__setattr__(self, "prompt", tuple(self.prompt))
-        else:
-            raise TidalConfigError(
-                f"prompt must be str or a sequence of token ids, got {type(self.prompt).__name__}."
-            )
-        _check_int("n", self.n, 1, 1024)
-        _check_int("max_tokens", self.max_tokens, 1, 10**7)
-        if not _finite(self.temperature) or self.temperature < 0:
-            raise TidalConfigError(
-                f"temperature={self.temperature!r}: allowed is a finite value >= 0."
-            )
-        if not _finite(self.top_p) or not 0 < self.top_p <= 1:
-            raise TidalConfigError(f"top_p={self.top_p!r}: allowed is 0 < top_p <= 1.")
-        if self.logprobs is not None:
-            _check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS)
-        if self.seed is not None:
-            _check_int("seed", self.seed, 0, 2**63 - 1)
-        if isinstance(self.stop, str):
-            object.__setattr__(self, "stop", (self.stop,))
-        if not isinstance(self.stop, (tuple, list)) or not all(
-            isinstance(s, str) and s for s in self.stop
-        ):
-            raise TidalConfigError(
-                f"stop={self.stop!r}: allowed is a string or a tuple/list of non-empty strings."
-            )
-        object.__setattr__(self, "stop", tuple(self.stop))
-        if self.timeout_s is not None and (not _finite(self.timeout_s) or self.timeout_s <= 0):
-            raise TidalConfigError(f"timeout_s={self.timeout_s!r}: allowed is a finite value > 0.")
-        _check_int("priority", self.priority, -(2**31), 2**31 - 1)
-        if not isinstance(self.ignore_eos, bool):
-            raise TidalConfigError(f"ignore_eos={self.ignore_eos!r}: allowed is True or False.")
+        object.__setattr__(self, "prompt", _checked_prompt(self.prompt))
+        check_int("n", self.n, 1, 1024)
+        check_int("max_tokens", self.max_tokens, 1, 10**7)
+        check_number("temperature", self.temperature, lo=0)
+        check_number("top_p", self.top_p, lo=0, hi=1, lo_open=True)
+        check_int("logprobs", self.logprobs, 0, MAX_TOP_LOGPROBS, allow_none=True)
+        check_int("seed", self.seed, 0, 2**63 - 1, allow_none=True)
+        object.__setattr__(self, "stop", check_stop(self.stop))
+        check_number("timeout_s", self.timeout_s, lo=0, lo_open=True, allow_none=True)
+        check_int("priority", self.priority, -(2**31), 2**31 - 1)
+        check_bool("ignore_eos", self.ignore_eos)
         if self.guided is not None and not isinstance(self.guided, GuidedDecoding):
             raise TidalConfigError(
                 f"guided={self.guided!r}: allowed is None or a GuidedDecoding."
             )
 
 
-def _finite(x: Any) -> bool:
-    if not isinstance(x, (int, float)) or isinstance(x, bool):
-        return False
-    try:
-        return math.isfinite(x)
-    except OverflowError:  # an int too large for a float
-        return False
-
-
-def _check_int(name: str, value: Any, lo: int, hi: int) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
-        raise TidalConfigError(f"{name}={value!r}: allowed is an integer in [{lo}, {hi}].")
+def _checked_prompt(prompt: Any) -> str | tuple[int, ...]:
+    """The prompt as text or a tuple of token ids; TidalConfigError if it is neither
+    or is empty."""
+    if isinstance(prompt, str):
+        if not prompt:
+            raise TidalConfigError("prompt is empty; pass at least one character or token.")
+        return prompt
+    if isinstance(prompt, (tuple, list)):
+        if not prompt or not all(is_int(t) and t >= 0 for t in prompt):
+            raise TidalConfigError("prompt token ids must be a non-empty sequence of ints >= 0.")
+        return tuple(prompt)
+    raise TidalConfigError(
+        f"prompt must be str or a sequence of token ids, got {type(prompt).__name__}."
+    )
 
 
 @dataclass(frozen=True)
