@@ -12,141 +12,104 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import concurrent.futures
 import logging
 import threading
 import time
 import uuid
-from collections.abc import Coroutine
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
+from tidal_agents.engine._backend import LoopBackend, SampleCollector
 from tidal_agents.engine.config import EngineConfig, on_cpu
 from tidal_agents.engine.loop_thread import LoopThread
-from tidal_agents.engine.types import (
-    FinishReason,
-    GenerationRequest,
-    GenerationResult,
-    Sample,
-    TokenCallback,
-    check_prompt_ids,
-)
+from tidal_agents.engine.types import GenerationRequest, GenerationResult, TokenCallback
 from tidal_agents.errors import TidalConfigError, TidalEngineError, TidalError
 from tidal_agents.models import resolve_model
 
 logger = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
-class _Accumulator:
-    """Collects DELTA outputs of one request, per sample index."""
+class _Accumulator(SampleCollector):
+    """Collects the DELTA ``RequestOutput``s of one vLLM request."""
 
-    def __init__(self, n: int, want_logprobs: bool) -> None:
-        self.text = [""] * n
-        self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.logprobs: list[list[float]] = [[] for _ in range(n)]
-        self.top: list[list[dict[int, float]]] = [[] for _ in range(n)]
-        self.finish: list[str | None] = [None] * n
-        self.want_logprobs = want_logprobs
-        self.prompt_tokens = 0
+    def __init__(self, n: int, want_logprobs: bool, prompt_tokens: int) -> None:
+        super().__init__(n, want_logprobs)
+        self.prompt_tokens = prompt_tokens
         self.cached_tokens = 0
 
-    def add(self, out: Any, on_token: TokenCallback | None) -> None:
+    def add_output(self, out: Any, on_token: TokenCallback | None) -> None:
         if out.prompt_token_ids is not None:
             self.prompt_tokens = len(out.prompt_token_ids)
         if out.num_cached_tokens is not None:
             self.cached_tokens = max(self.cached_tokens, int(out.num_cached_tokens))
         for comp in out.outputs:
-            i = comp.index
-            self.text[i] += comp.text
             new_ids = list(comp.token_ids)
-            self.tokens[i].extend(new_ids)
-            if self.want_logprobs and comp.logprobs:
-                for tok, pos in zip(new_ids, comp.logprobs, strict=False):
-                    top = {int(t): float(lp.logprob) for t, lp in pos.items()}
-                    self.logprobs[i].append(top.get(tok, float("nan")))
-                    self.top[i].append(top)
-            if comp.finish_reason is not None:
-                self.finish[i] = comp.finish_reason
-            if on_token is not None and comp.text:
-                on_token(i, comp.text)
-
-    def samples(self, timed_out: bool) -> tuple[Sample, ...]:
-        result = []
-        for i in range(len(self.text)):
-            reason = self.finish[i]
-            finish: FinishReason = (
-                "timeout" if reason is None and timed_out
-                else "length" if reason == "length"
-                else "abort" if reason in (None, "abort")
-                else "stop"
+            logprobs, top = _logprobs_of(comp, new_ids) if self.want_logprobs else ([], [])
+            self.add(
+                comp.index,
+                comp.text,
+                new_ids,
+                comp.finish_reason,
+                logprobs=logprobs,
+                top_logprobs=top,
+                on_token=on_token,
             )
-            result.append(
-                Sample(
-                    index=i,
-                    text=self.text[i],
-                    token_ids=tuple(self.tokens[i]),
-                    finish_reason=finish,
-                    logprobs=tuple(self.logprobs[i]),
-                    top_logprobs=tuple(self.top[i]),
-                )
-            )
-        return tuple(result)
 
 
-class LocalVLLMEngine:
+def _logprobs_of(comp: Any, new_ids: list[int]) -> tuple[list[float], list[dict[int, float]]]:
+    """Per new token of a ``CompletionOutput``: its log-prob and the top alternatives."""
+    logprobs: list[float] = []
+    top: list[dict[int, float]] = []
+    for tok, pos in zip(new_ids, comp.logprobs or (), strict=False):
+        alternatives = {int(t): float(lp.logprob) for t, lp in pos.items()}
+        logprobs.append(alternatives.get(tok, float("nan")))
+        top.append(alternatives)
+    return logprobs, top
+
+
+class LocalVLLMEngine(LoopBackend):
     """An in-process vLLM ``AsyncLLM`` behind the small `Engine` interface.
 
     Use :func:`get_engine` to share one per process; construct directly only
     when you need two different engines.
     """
 
+    _thread_name = "tidal-vllm-engine"
+    _close_timeout_s = 30.0
+
     def __init__(self, config: EngineConfig | None = None) -> None:
+        super().__init__()
         self.config = config or EngineConfig()
-        self._runner: LoopThread | None = None
         self._llm: Any = None
-        self._tokenizer: Any = None
         self._model_path = ""
-        self._max_model_len = 0
-        self._start_lock = threading.Lock()
-        self._closed = False
         self._in_flight = 0  # sequences being generated (changed on the engine loop only)
         self.restarts = 0
         self._generation = 0  # bumped by every restart
         self._restart_lock: asyncio.Lock | None = None  # created on the engine loop
-        self.startup_s: float | None = None
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> LocalVLLMEngine:
-        """Start the engine (idempotent, thread-safe). Blocks until it serves."""
-        with self._start_lock:
-            if self._llm is not None:
-                return self
-            if self._closed:
-                raise TidalEngineError("This engine was shut down; create a new one.")
-            t0 = time.perf_counter()
-            self._model_path = resolve_model(self.config.model)
-            self.config.apply_environment()
-            runner = LoopThread("tidal-vllm-engine")
-            try:
-                self._llm = runner.submit(self._create()).result()
-                self._runner = runner
-            except Exception as exc:
-                runner.stop()
-                if isinstance(exc, TidalError):
-                    raise
-                raise TidalEngineError(
-                    f"vLLM could not start model {self._model_path!r}: "
-                    f"{type(exc).__name__}: {exc}"
-                ) from exc
-            # Registered after vLLM's own exit hooks so that it runs before them
-            # (atexit is last-in, first-out): the engine core is still alive.
-            atexit.register(shutdown_all)
-            self._tokenizer = self._llm.get_tokenizer()
-            self._max_model_len = int(self._llm.model_config.max_model_len)
-            self.startup_s = time.perf_counter() - t0
-            logger.info("vLLM engine started in %.1f s (%s)", self.startup_s, self._model_path)
-            return self
+    def _is_open(self) -> bool:
+        return self._llm is not None
+
+    def _prepare(self) -> None:
+        self._model_path = resolve_model(self.config.model)
+        self.config.apply_environment()
+
+    def _open(self, runner: LoopThread) -> None:
+        self._llm = runner.submit(self._create()).result()
+
+    def _start_error(self, exc: Exception) -> str:
+        return f"vLLM could not start model {self._model_path!r}: {type(exc).__name__}: {exc}"
+
+    def _opened(self, opened: Any) -> None:
+        # Registered after vLLM's own exit hooks so that it runs before them
+        # (atexit is last-in, first-out): the engine core is still alive.
+        atexit.register(shutdown_all)
+        self._tokenizer = self._llm.get_tokenizer()
+        self._max_model_len = int(self._llm.model_config.max_model_len)
+
+    def _log_started(self) -> None:
+        logger.info("vLLM engine started in %.1f s (%s)", self.startup_s, self._model_path)
 
     async def _create(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs
@@ -155,20 +118,13 @@ class LocalVLLMEngine:
         args = AsyncEngineArgs(**self.config.vllm_engine_args(self._model_path))
         return AsyncLLM.from_engine_args(args)
 
-    def shutdown(self) -> None:
-        """Stop the engine and its loop thread. Safe to call twice."""
-        with self._start_lock:
-            self._closed = True
-            llm, runner = self._llm, self._runner
-            self._llm = self._runner = None
-        if llm is not None and runner is not None:
-            try:
-                # On its own loop, so vLLM cancels its output tasks cleanly.
-                runner.submit(_shutdown_on_loop(llm)).result(timeout=30)
-            except Exception:  # shutting down: nothing useful to do with it
-                logger.debug("vLLM shutdown raised", exc_info=True)
-        if runner is not None:
-            runner.stop()
+    def _detach(self) -> Any:
+        llm, self._llm = self._llm, None
+        return llm
+
+    async def _close(self, resource: Any) -> None:
+        # On its own loop, so vLLM cancels its output tasks cleanly.
+        await _shutdown_on_loop(resource)
 
     @property
     def in_flight_sequences(self) -> int:
@@ -185,11 +141,6 @@ class LocalVLLMEngine:
         return self.config.model or "smollm2-135m-instruct"
 
     @property
-    def max_model_len(self) -> int:
-        self.start()
-        return self._max_model_len
-
-    @property
     def backend_id(self) -> str:
         import platform
 
@@ -198,53 +149,7 @@ class LocalVLLMEngine:
         device = "cpu" if on_cpu() else "cuda"
         return f"{self.model_name}|vllm-{vllm.__version__}-local|{device}|{platform.node()}"
 
-    @property
-    def tokenizer(self) -> Any:
-        self.start()
-        return self._tokenizer
-
-    # ------------------------------------------------------------------ text
-    def apply_chat_template(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-    ) -> str:
-        """Format with the model's own chat template (tools passed when given)."""
-        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
-        if tools:
-            kwargs["tools"] = tools
-        return str(self.tokenizer.apply_chat_template(messages, **kwargs))
-
-    def encode(self, text: str) -> list[int]:
-        # Chat-formatted prompts already carry their special tokens.
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
     # ------------------------------------------------------------- generation
-    def _submit(self, coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
-        self.start()
-        assert self._runner is not None
-        return self._runner.submit(coro)
-
-    async def generate(
-        self, request: GenerationRequest, on_token: TokenCallback | None = None
-    ) -> GenerationResult:
-        """Generate for one prompt; safe to await from any event loop or thread."""
-        fut = self._submit(self._generate(request, on_token))
-        return await asyncio.wrap_future(fut)
-
-    def generate_sync(
-        self, request: GenerationRequest, on_token: TokenCallback | None = None
-    ) -> GenerationResult:
-        return self._submit(self._generate(request, on_token)).result()
-
-    def _prompt_ids(self, request: GenerationRequest) -> list[int]:
-        ids = (
-            self.encode(request.prompt) if isinstance(request.prompt, str) else list(request.prompt)
-        )
-        check_prompt_ids(ids, request.max_tokens, self._max_model_len, len(self._tokenizer))
-        return ids
-
     def _sampling_params(self, request: GenerationRequest) -> Any:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind, StructuredOutputsParams
@@ -340,10 +245,8 @@ class LocalVLLMEngine:
         ids = self._prompt_ids(request)
         params = self._sampling_params(request)
         request_id = f"tidal-{uuid.uuid4().hex[:16]}"
-        acc = _Accumulator(request.n, request.logprobs is not None)
-        acc.prompt_tokens = len(ids)
+        acc = _Accumulator(request.n, request.logprobs is not None, len(ids))
         timed_out = False
-        first_token_s: float | None = None
         t0 = time.perf_counter()
         self._in_flight += request.n
         try:
@@ -351,9 +254,7 @@ class LocalVLLMEngine:
                 async for out in llm.generate(
                     {"prompt_token_ids": ids}, params, request_id, priority=request.priority
                 ):
-                    if first_token_s is None and any(c.token_ids for c in out.outputs):
-                        first_token_s = time.perf_counter() - t0
-                    acc.add(out, on_token)
+                    acc.add_output(out, on_token)
         except TimeoutError:
             timed_out = True  # vLLM aborted the request when the stream was cancelled
         except (TidalError, asyncio.CancelledError):
@@ -364,17 +265,12 @@ class LocalVLLMEngine:
             raise _engine_error(exc, request_id) from exc
         finally:
             self._in_flight -= request.n
-        wall = time.perf_counter() - t0
-        samples = acc.samples(timed_out)
-        return GenerationResult(
-            samples=samples,
-            prompt_tokens=acc.prompt_tokens,
-            cached_prompt_tokens=acc.cached_tokens,
-            generated_tokens=sum(len(s.token_ids) for s in samples),
-            wall_s=wall,
+        return acc.result(
+            started=t0,
             timed_out=timed_out,
             request_id=request_id,
-            first_token_s=first_token_s,
+            prompt_tokens=acc.prompt_tokens,
+            cached_prompt_tokens=acc.cached_tokens,
         )
 
 

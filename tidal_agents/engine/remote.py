@@ -28,16 +28,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tidal_agents.engine._backend import LoopBackend, SampleCollector
 from tidal_agents.engine.loop_thread import LoopThread
-from tidal_agents.engine.types import (
-    FinishReason,
-    GenerationRequest,
-    GenerationResult,
-    Sample,
-    TokenCallback,
-    check_prompt_ids,
-)
-from tidal_agents.errors import TidalConfigError, TidalEngineError, TidalError
+from tidal_agents.engine.retry import retrying_until
+from tidal_agents.engine.types import GenerationRequest, GenerationResult, TokenCallback
+from tidal_agents.errors import TidalConfigError, TidalEngineError
 
 logger = logging.getLogger(__name__)
 
@@ -64,64 +59,38 @@ class Replica:
     down_since: float = 0.0
 
 
-class _Stream:
-    """Collects one streamed completion, per choice index."""
+class _Stream(SampleCollector):
+    """Collects one streamed completion (its SSE chunks), per choice index."""
 
     def __init__(self, n: int, want_logprobs: bool) -> None:
-        self.text = [""] * n
-        self.tokens: list[list[int]] = [[] for _ in range(n)]
-        self.logprobs: list[list[float]] = [[] for _ in range(n)]
-        self.top: list[list[dict[int, float]]] = [[] for _ in range(n)]
-        self.finish: list[str | None] = [None] * n
-        self.want_logprobs = want_logprobs
+        super().__init__(n, want_logprobs)
         self.usage: dict[str, Any] = {}
-        self.first_token_at: float | None = None
 
-    def add(self, chunk: dict[str, Any], on_text: TokenCallback) -> None:
+    def add_chunk(self, chunk: dict[str, Any], on_text: TokenCallback) -> None:
         if chunk.get("usage"):
             self.usage = chunk["usage"]
         for choice in chunk.get("choices") or ():
-            i = int(choice["index"])
-            ids = [int(t) for t in choice.get("token_ids") or ()]
-            if ids and self.first_token_at is None:
-                self.first_token_at = time.perf_counter()
-            self.tokens[i].extend(ids)
-            lp = choice.get("logprobs")
-            if self.want_logprobs and lp:
-                self.logprobs[i].extend(
-                    float("nan") if v is None else float(v) for v in lp["token_logprobs"]
-                )
-                self.top[i].extend(
-                    {_token_id(k): float(v) for k, v in (pos or {}).items()}
-                    for pos in lp["top_logprobs"]
-                )
-            if choice.get("text"):
-                self.text[i] += choice["text"]
-                on_text(i, choice["text"])
-            if choice.get("finish_reason") is not None:
-                self.finish[i] = choice["finish_reason"]
+            logprobs, top = _logprobs_of(choice) if self.want_logprobs else ([], [])
+            self.add(
+                int(choice["index"]),
+                choice.get("text") or "",
+                [int(t) for t in choice.get("token_ids") or ()],
+                choice.get("finish_reason"),
+                logprobs=logprobs,
+                top_logprobs=top,
+                on_token=on_text,
+            )
 
-    def samples(self, timed_out: bool) -> tuple[Sample, ...]:
-        out = []
-        for i, text in enumerate(self.text):
-            reason = self.finish[i]
-            finish: FinishReason = (
-                "timeout" if reason is None and timed_out
-                else "length" if reason == "length"
-                else "abort" if reason in (None, "abort")
-                else "stop"
-            )
-            out.append(
-                Sample(
-                    index=i,
-                    text=text,
-                    token_ids=tuple(self.tokens[i]),
-                    finish_reason=finish,
-                    logprobs=tuple(self.logprobs[i]),
-                    top_logprobs=tuple(self.top[i]),
-                )
-            )
-        return tuple(out)
+
+def _logprobs_of(choice: dict[str, Any]) -> tuple[list[float], list[dict[int, float]]]:
+    """The sampled tokens' log-probs and their top alternatives in one streamed choice."""
+    lp = choice.get("logprobs")
+    if not lp:
+        return [], []
+    return (
+        [float("nan") if v is None else float(v) for v in lp["token_logprobs"]],
+        [{_token_id(k): float(v) for k, v in (pos or {}).items()} for pos in lp["top_logprobs"]],
+    )
 
 
 def _prefix_key(ids: list[int], block: int = 64, most: int = 512) -> int | None:
@@ -159,7 +128,7 @@ class _PrefixGuard:
         self.on_token(index, cur[len(seen):])
 
 
-class RemoteVLLMEngine:
+class RemoteVLLMEngine(LoopBackend):
     """One or more ``vllm serve`` base URLs (e.g. ``http://10.0.0.5:8000``).
 
     Args:
@@ -172,6 +141,8 @@ class RemoteVLLMEngine:
         health_retry_s: how long a failed replica rests before it is probed.
         max_connections: the HTTP connection pool size.
     """
+
+    _thread_name = "tidal-vllm-remote"
 
     def __init__(
         self,
@@ -196,6 +167,7 @@ class RemoteVLLMEngine:
                             ("health_retry_s", health_retry_s)):
             if not isinstance(value, (int, float)) or not 0 < value < 3600:
                 raise TidalConfigError(f"{name}={value!r}: allowed is 0 < value < 3600 seconds.")
+        super().__init__()
         self.replicas = [Replica(u.rstrip("/").removesuffix("/v1")) for u in urls]
         # prompt-prefix key -> the replica that last served it (its KV cache has it)
         self._affinity: OrderedDict[int, str] = OrderedDict()
@@ -205,40 +177,32 @@ class RemoteVLLMEngine:
         self._connect_timeout_s = float(connect_timeout_s)
         self._health_retry_s = float(health_retry_s)
         self._max_connections = max_connections
-        self._runner: LoopThread | None = None
         self._client: Any = None
-        self._tokenizer: Any = None
-        self._max_model_len = 0
         self._server_version = ""
-        self._start_lock = threading.Lock()
-        self._closed = False
-        self.startup_s: float | None = None
 
     # ---------------------------------------------------------------- lifecycle
-    def start(self) -> RemoteVLLMEngine:
-        """Connect: read the served model and its context size (idempotent)."""
-        with self._start_lock:
-            if self._client is not None:
-                return self
-            if self._closed:
-                raise TidalEngineError("This engine was shut down; create a new one.")
-            t0 = time.perf_counter()
-            runner = LoopThread("tidal-vllm-remote")
-            try:
-                self._client = runner.submit(self._make_client()).result()
-                self._runner = runner
-                info = runner.submit(self._describe()).result()
-            except Exception as exc:
-                self._client = self._runner = None
-                runner.stop()
-                if isinstance(exc, TidalError):
-                    raise
-                raise TidalEngineError(f"Cannot reach vLLM at {self.urls}: {exc}") from exc
-            self._model = info["id"]
-            self._max_model_len = int(info.get("max_model_len") or 0)
-            self._tokenizer = _load_tokenizer(self._tokenizer_path, info.get("root"))
-            self.startup_s = time.perf_counter() - t0
-            return self
+    def _is_open(self) -> bool:
+        return self._client is not None
+
+    def _open(self, runner: LoopThread) -> dict[str, Any]:
+        """Connect, and read the served model's card (its name and context size)."""
+        self._client = runner.submit(self._make_client()).result()
+        return runner.submit(self._describe()).result()
+
+    def _start_error(self, exc: Exception) -> str:
+        return f"Cannot reach vLLM at {self.urls}: {exc}"
+
+    def _opened(self, opened: Any) -> None:
+        self._model = opened["id"]
+        self._max_model_len = int(opened.get("max_model_len") or 0)
+        self._tokenizer = _load_tokenizer(self._tokenizer_path, opened.get("root"))
+
+    def _detach(self) -> Any:
+        client, self._client = self._client, None
+        return client
+
+    async def _close(self, resource: Any) -> None:
+        await resource.aclose()
 
     async def _make_client(self) -> Any:
         import httpx
@@ -277,20 +241,6 @@ class RemoteVLLMEngine:
             )
         raise TidalEngineError("No vLLM replica answered: " + "; ".join(errors))
 
-    def shutdown(self) -> None:
-        """Close the connection pool. Safe to call twice."""
-        with self._start_lock:
-            self._closed = True
-            client, runner = self._client, self._runner
-            self._client = self._runner = None
-        if client is not None and runner is not None:
-            try:
-                runner.submit(client.aclose()).result(timeout=10)
-            except Exception:
-                logger.debug("closing the HTTP client raised", exc_info=True)
-        if runner is not None:
-            runner.stop()
-
     # -------------------------------------------------------------- properties
     @property
     def is_running(self) -> bool:
@@ -315,51 +265,12 @@ class RemoteVLLMEngine:
         return self._model
 
     @property
-    def max_model_len(self) -> int:
-        self.start()
-        return self._max_model_len
-
-    @property
     def backend_id(self) -> str:
         # Calibrations are per fleet: the same model on other machines costs otherwise.
         self.start()
         return f"{self._model}|vllm-{self._server_version}-remote|{','.join(sorted(self.urls))}"
 
-    @property
-    def tokenizer(self) -> Any:
-        self.start()
-        return self._tokenizer
-
-    def apply_chat_template(
-        self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
-    ) -> str:
-        kwargs: dict[str, Any] = {"tokenize": False, "add_generation_prompt": True}
-        if tools:
-            kwargs["tools"] = tools
-        return str(self.tokenizer.apply_chat_template(messages, **kwargs))
-
-    def encode(self, text: str) -> list[int]:
-        return list(self.tokenizer.encode(text, add_special_tokens=False))
-
-    def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
-
     # ------------------------------------------------------------- generation
-    async def generate(
-        self, request: GenerationRequest, on_token: TokenCallback | None = None
-    ) -> GenerationResult:
-        """Generate on the least-loaded healthy replica; any loop or thread."""
-        self.start()
-        assert self._runner is not None
-        return await self._runner.run(self._generate(request, on_token))
-
-    def generate_sync(
-        self, request: GenerationRequest, on_token: TokenCallback | None = None
-    ) -> GenerationResult:
-        self.start()
-        assert self._runner is not None
-        return self._runner.submit(self._generate(request, on_token)).result()
-
     def _body(self, request: GenerationRequest, ids: list[int], request_id: str) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": self._model,
@@ -396,38 +307,21 @@ class RemoteVLLMEngine:
     async def _generate(
         self, request: GenerationRequest, on_token: TokenCallback | None
     ) -> GenerationResult:
-        from tenacity import (
-            AsyncRetrying,
-            retry_if_exception_type,
-            stop_after_attempt,
-            stop_any,
-            wait_exponential,
-        )
-        from tenacity.stop import stop_base
-
         if self._client is None:
             raise TidalEngineError("The engine is not running (it was shut down).")
-        ids = (
-            self.encode(request.prompt) if isinstance(request.prompt, str)
-            else list(request.prompt)
-        )
-        check_prompt_ids(ids, request.max_tokens, self._max_model_len, len(self._tokenizer))
+        ids = self._prompt_ids(request)
         request_id = f"tidal-{uuid.uuid4().hex[:16]}"
         t0 = time.perf_counter()
         ends_at = None if request.timeout_s is None else time.monotonic() + request.timeout_s
         guard = _PrefixGuard(request.n, on_token)
-
-        class past_timeout(stop_base):  # noqa: N801 - reads like tenacity's own stops
-            def __call__(self, retry_state: Any) -> bool:
-                return ends_at is not None and time.monotonic() >= ends_at
-
         attempts: list[str] = []
-        retrying = AsyncRetrying(
-            retry=retry_if_exception_type(_ReplicaFailed),
+        retrying = retrying_until(
+            ends_at,
+            retry_on=_ReplicaFailed,
             # Every replica once, plus one more try for one that came back.
-            stop=stop_any(stop_after_attempt(len(self.replicas) + 1), past_timeout()),
-            wait=wait_exponential(multiplier=0.05, max=1.0),
-            reraise=True,
+            attempts=len(self.replicas) + 1,
+            wait_multiplier=0.05,
+            wait_max=1.0,
         )
         try:
             async for attempt in retrying:
@@ -445,19 +339,14 @@ class RemoteVLLMEngine:
                 f"vLLM request {request_id} failed on every try ({attempts}); last: {exc}. "
                 "Check that the servers are up (GET /health)."
             ) from exc
-        samples = stream.samples(timed_out)
         usage = stream.usage
         details = usage.get("prompt_tokens_details") or {}
-        generated = sum(len(s.token_ids) for s in samples)
-        return GenerationResult(
-            samples=samples,
-            prompt_tokens=int(usage.get("prompt_tokens") or len(ids)),
-            cached_prompt_tokens=int(details.get("cached_tokens") or 0),
-            generated_tokens=generated,
-            wall_s=time.perf_counter() - t0,
+        return stream.result(
+            started=t0,
             timed_out=timed_out,
             request_id=request_id,
-            first_token_s=None if stream.first_token_at is None else stream.first_token_at - t0,
+            prompt_tokens=int(usage.get("prompt_tokens") or len(ids)),
+            cached_prompt_tokens=int(details.get("cached_tokens") or 0),
             extra={"replica": attempts[-1], "attempts": attempts},
         )
 
@@ -493,7 +382,7 @@ class RemoteVLLMEngine:
                         chunk = json.loads(data)
                         if "error" in chunk:
                             _raise_stream_error(rep.url, chunk["error"])
-                        stream.add(chunk, guard)
+                        stream.add_chunk(chunk, guard)
             if not done:
                 raise _ReplicaFailed(rep.url, "the stream ended before [DONE]")
         except TimeoutError:
