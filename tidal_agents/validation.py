@@ -49,29 +49,15 @@ def check_number(
 
 
 def check_int(
-    name: str,
-    value: Any,
-    lo: int | None = None,
-    hi: int | None = None,
-    *,
-    allow_none: bool = False,
+    name: str, value: Any, lo: int | None = None, hi: int | None = None, *, allow_none: bool = False
 ) -> None:
     """TidalConfigError naming `name` and the allowed range unless `value` is an int
     (not a bool) with lo <= value <= hi, or None if allowed."""
     _check_range(name, value, is_int(value), "an integer", lo, hi, False, False, allow_none)
 
 
-def _check_range(
-    name: str,
-    value: Any,
-    right_kind: bool,
-    kind: str,
-    lo: float | None,
-    hi: float | None,
-    lo_open: bool,
-    hi_open: bool,
-    allow_none: bool,
-) -> None:
+def _check_range(name: str, value: Any, right_kind: bool, kind: str, lo: float | None,
+                 hi: float | None, lo_open: bool, hi_open: bool, allow_none: bool) -> None:
     if value is None and allow_none:
         return
     if (

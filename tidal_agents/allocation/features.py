@@ -88,69 +88,70 @@ FEATURE_NAMES: tuple[str, ...] = (
 
 @dataclass(frozen=True)
 class StepFeatures:
-    """What is known about one agent step before choosing how to decode it.
-
-    Attributes:
-        prompt_tokens: tokens of the fully formatted prompt.
-        cached_prefix_tokens: estimate of the prompt prefix already in vLLM's
-            prefix cache (e.g. the previous step's prompt length).
-        query_chars: characters of the latest user/tool turn (the "question").
-        step_index: 0-based index of this model call within the episode.
-        tools_bound: number of tools bound to the model.
-        tool_choice_required: the model must call a tool.
-        previous_tool_errors: tool errors seen so far in the episode.
-        expected_output_tokens: expected new tokens per sample, None if unknown
-            (the cost model then uses its learned per-kind estimate).
-        answer_kind: how outputs are compared: "text", "math" or "tool_call".
-        digits: digit characters in the query.
-        max_number_digits: length of the longest digit run (3-digit sums are
-            much harder than 1-digit ones for a small model: FINDINGS section 4).
-        numbers: count of digit runs.
-        has_math_ops: the query contains arithmetic operators or math markup.
-        words: word count of the query.
-        question_marks: '?' characters in the query.
-        add_cues, sub_cues, mul_cues, div_cues: how often the query asks for
-            each operation, by symbol between operands ("3 + 4", "12 * 5",
-            "7 x 8", "9 - 2", "8 / 2", LaTeX \\times, \\frac) or by everyday
-            word ("plus", "total", "more"; "minus", "left", "fewer"; "times",
-            "each", "per"; "divided", "share", "half"). A small model's accuracy,
-            and what extra samples buy, differ by operation (FINDINGS section 4).
-        op_symbols: arithmetic symbols between operands (all operations).
-        is_word_problem: numbers in prose, with no arithmetic symbol between them.
-        min_number_digits: length of the shortest digit run (0 without numbers).
-        log10_max_number: log10(1 + the largest number in the query).
-        log10_number_product: sum of log10(1 + n) over the query's numbers, about
-            the digits of their product (how long the answer of a product is).
-        concurrent_sequences: sequences the engine is already decoding for other
-            requests when the step starts. They share every decode step with this
-            one, so the cost model's latency rises with load (not a predictor input).
-    """
+    """What is known about one agent step before choosing how to decode it (each
+    field is described below it)."""
 
     prompt_tokens: int
+    """Tokens of the fully formatted prompt."""
     cached_prefix_tokens: int = 0
+    """Estimate of the prompt prefix already in vLLM's prefix cache (e.g. the previous
+    step's prompt length)."""
     query_chars: int = 0
+    """Characters of the latest user/tool turn (the "question")."""
     step_index: int = 0
+    """0-based index of this model call within the episode."""
     tools_bound: int = 0
+    """Number of tools bound to the model."""
     tool_choice_required: bool = False
+    """The model must call a tool."""
     previous_tool_errors: int = 0
+    """Tool errors seen so far in the episode."""
     expected_output_tokens: int | None = None
+    """Expected new tokens per sample, None if unknown (the cost model then uses its
+    learned per-kind estimate)."""
     answer_kind: AnswerKind = "text"
+    """How outputs are compared: "text", "math" or "tool_call"."""
     digits: int = 0
+    """Digit characters in the query."""
     max_number_digits: int = 0
+    """Length of the longest digit run (3-digit sums are much harder than 1-digit
+    ones for a small model: FINDINGS section 4)."""
     numbers: int = 0
+    """Count of digit runs."""
     has_math_ops: bool = False
+    """The query contains arithmetic operators or math markup."""
     words: int = 0
+    """Word count of the query."""
     question_marks: int = 0
+    """'?' characters in the query."""
     add_cues: int = 0
+    """How often the query asks for addition, by symbol between operands ("3 + 4")
+    or by everyday word ("plus", "total", "more"). A small model's accuracy, and
+    what extra samples buy, differ by operation (FINDINGS section 4); the other
+    three operations have their own counts."""
     sub_cues: int = 0
+    """Subtraction cues, as `add_cues`: "9 - 2", "minus", "left", "fewer"."""
     mul_cues: int = 0
+    """Multiplication cues, as `add_cues`: "12 * 5", "7 x 8", LaTeX \\times,
+    "times", "each", "per"."""
     div_cues: int = 0
+    """Division cues, as `add_cues`: "8 / 2", LaTeX \\frac, "divided", "share",
+    "half"."""
     op_symbols: int = 0
+    """Arithmetic symbols between operands (all operations)."""
     is_word_problem: bool = False
+    """Numbers in prose, with no arithmetic symbol between them."""
     min_number_digits: int = 0
+    """Length of the shortest digit run (0 without numbers)."""
     log10_max_number: float = 0.0
+    """log10(1 + the largest number in the query)."""
     log10_number_product: float = 0.0
+    """Sum of log10(1 + n) over the query's numbers, about the digits of their
+    product (how long the answer of a product is)."""
     concurrent_sequences: int = 0
+    """Sequences the engine is already decoding for other requests when the step
+    starts. They share every decode step with this one, so the cost model's latency
+    rises with load (not a predictor input)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
