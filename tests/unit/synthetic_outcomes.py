@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import gzip
+import json
 import random
+from pathlib import Path
 
 import numpy as np
 
@@ -29,3 +32,11 @@ def synthetic_rows(queries: int = 120, seed: int = 0) -> list[dict]:
                 "tokens": 40 + 20 * n, "latency_s": 0.5 + 0.1 * n,
             })
     return rows
+
+
+def write_synthetic_outcomes(path: Path, queries: int) -> Path:
+    """`synthetic_rows(queries)` as a gzipped JSONL outcome file at `path`."""
+    with gzip.open(path, "wt") as fh:
+        for r in synthetic_rows(queries):
+            fh.write(json.dumps(r) + "\n")
+    return path

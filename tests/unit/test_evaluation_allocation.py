@@ -2,23 +2,24 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_outcomes import synthetic_rows
+from synthetic_outcomes import synthetic_rows, write_synthetic_outcomes
 
 from tidal_agents.bench import allocation as bench
 from tidal_agents.errors import TidalConfigError
+from tidal_agents.evaluation import figures
+from tidal_agents.evaluation.cross_validated import cross_validated_allocation
 
 
 def test_oracle_prefers_right_then_cheap() -> None:
     labels = np.array([[1.0, 1.0, 0.0], [0.0, 0.5, 0.5], [0.0, 0.0, 0.0]])
     tokens = np.array([[50, 10, 5], [1, 30, 20], [9, 3, 7]], dtype=float)
     lat = np.ones_like(tokens)
-    assert bench.oracle_choice(labels, tokens, lat).tolist() == [1, 2, 1]
+    assert figures.oracle_choice(labels, tokens, lat).tolist() == [1, 2, 1]
 
 
 def test_sweep_with_perfect_predictor_reaches_oracle_at_zero_cost() -> None:
@@ -26,9 +27,9 @@ def test_sweep_with_perfect_predictor_reaches_oracle_at_zero_cost() -> None:
     labels = rng.uniform(size=(40, 5))
     tokens = np.tile([10.0, 20, 40, 80, 160], (40, 1))
     lat = tokens / 100
-    choices, lambdas = bench.sweep(labels, tokens.mean(0), lat.mean(0),
-                                   np.array([0.0, 1.0]), np.array([0.0]))
-    pts = bench.evaluate_choices(choices, labels, tokens, lat)
+    choices, lambdas = figures.sweep(labels, tokens.mean(0), lat.mean(0),
+                                     np.array([0.0, 1.0]), np.array([0.0]))
+    pts = figures.evaluate_choices(choices, labels, tokens, lat)
     assert lambdas.shape == (2, 2)
     assert pts[0, 0] == pytest.approx(labels.max(axis=1).mean())  # lambda 0: per-query best
     assert pts[1, 1] == 10.0  # a huge token price: always the cheapest config
@@ -36,16 +37,14 @@ def test_sweep_with_perfect_predictor_reaches_oracle_at_zero_cost() -> None:
 
 def test_pareto_and_matched() -> None:
     pts = np.array([[0.5, 10, 1], [0.6, 20, 2], [0.55, 30, 3], [0.7, 40, 4]])
-    assert bench.pareto_front(pts, 1).tolist() == [0, 1, 3]
-    assert bench.matched(pts, 2, 3.0) == 1
-    assert bench.matched(pts, 1, 5.0) is None
+    assert figures.pareto_front(pts, 1).tolist() == [0, 1, 3]
+    assert figures.matched(pts, 2, 3.0) == 1
+    assert figures.matched(pts, 1, 5.0) is None
 
 
+@pytest.mark.slow
 def test_run_end_to_end_from_outcomes(tmp_path: Path) -> None:
-    f = tmp_path / "outcomes-synth.jsonl.gz"
-    with gzip.open(f, "wt") as fh:
-        for r in synthetic_rows(150):
-            fh.write(json.dumps(r) + "\n")
+    f = write_synthetic_outcomes(tmp_path / "outcomes-synth.jsonl.gz", 150)
 
     class Args:
         outcomes = [f]
@@ -71,6 +70,7 @@ def test_run_end_to_end_from_outcomes(tmp_path: Path) -> None:
     json.dumps(out)  # the --json output must serialise
 
 
+@pytest.mark.slow
 def test_run_on_committed_outcomes(tmp_path: Path) -> None:
     """The shipped outcome set and predictor: all figures, consistent, well under 5 minutes."""
     import time
@@ -128,8 +128,8 @@ def test_cross_validated_figure_is_out_of_fold(monkeypatch: pytest.MonkeyPatch) 
 
     monkeypatch.setattr(train, "fit_recipe", fit_recipe)
     monkeypatch.setattr(train, "predict_rows", predict_rows)
-    cv = bench.cross_validated_allocation(rows, folds=5, repeats=2, inner_folds=3,
-                                          inner_repeats=1, points=8, resamples=200)
+    cv = cross_validated_allocation(rows, folds=5, repeats=2, inner_folds=3,
+                                    inner_repeats=1, points=8, resamples=200)
     outer = [(id(p), q) for p, q in predicted if any(p is k for k in keep)]
     assert len(outer) == 5 * 2 and len(fitted) == 5 * 2
     for p, q in outer:
@@ -162,4 +162,4 @@ def test_cross_validated_figure_is_out_of_fold(monkeypatch: pytest.MonkeyPatch) 
     cv.pop("_folds")
     json.dumps(cv)
     with pytest.raises(TidalConfigError, match="complete queries"):
-        bench.cross_validated_allocation(synthetic_rows(20))
+        cross_validated_allocation(synthetic_rows(20))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import gzip
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from synthetic_outcomes import synthetic_rows
+from synthetic_outcomes import synthetic_rows, write_synthetic_outcomes
 
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.evaluation import train
@@ -39,11 +38,9 @@ def test_train_beats_query_blind_baseline_and_saves(tmp_path: Path) -> None:
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+@pytest.mark.slow
 def test_main_end_to_end(tmp_path: Path) -> None:
-    f = tmp_path / "outcomes-x.jsonl.gz"
-    with gzip.open(f, "wt") as fh:
-        for r in synthetic_rows(90):
-            fh.write(json.dumps(r) + "\n")
+    f = write_synthetic_outcomes(tmp_path / "outcomes-x.jsonl.gz", 90)
     model = tmp_path / "m" / "pred.joblib"
     assert train.main(["--outcomes", str(f), "--model-out", str(model),
                        "--plot", str(tmp_path / "rel.png")]) == 0
@@ -52,6 +49,7 @@ def test_main_end_to_end(tmp_path: Path) -> None:
     assert report["test_queries"] + report["train_queries"] == 90
 
 
+@pytest.mark.slow
 def test_cross_validation_selects_on_the_training_split_only() -> None:
     rows = synthetic_rows(90)
     tr, te = train.split_rows(rows, 0.3, seed=0)

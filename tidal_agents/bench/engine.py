@@ -7,6 +7,8 @@ import time
 from typing import Any
 
 from tidal_agents.engine import EngineConfig, GenerationRequest, LocalVLLMEngine
+from tidal_agents.engine.remote import RemoteVLLMEngine
+from tidal_agents.engine.vllm_server import VLLMServer
 
 _QUESTION = "Explain in a few sentences why the sky is blue."
 
@@ -96,9 +98,6 @@ def run_remote(
     config: EngineConfig | None, url: str, max_tokens: int = 64, repeats: int = 3
 ) -> dict[str, Any]:
     """Remote (`vllm serve` at `url`, or one started here for "auto") vs in-process."""
-    from tidal_agents.engine.remote import RemoteVLLMEngine
-    from tidal_agents.engine.vllm_server import VLLMServer
-
     server = VLLMServer(config).start() if url == "auto" else None
     remote = RemoteVLLMEngine(server.url if server else url).start()
     local = LocalVLLMEngine(config).start()

@@ -37,13 +37,17 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from tidal_agents.errors import TidalConfigError
+from tidal_agents.allocation import default_grid
+from tidal_agents.chat_model import TidalChatModel
+from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
 from tidal_agents.evaluation.agent_tasks import (
+    ONE_CALL_KINDS,
     AgentTask,
     agent_tasks,
     grade_messages,
     langchain_tools,
 )
+from tidal_agents.types import StrategyConfig
 
 SYSTEM_PROMPT = (
     "You solve the user's problem with the tools. Call one tool at a time. "
@@ -123,7 +127,6 @@ def run_episode(
     from langchain.agents import create_agent
     from langchain_core.messages import AIMessage
 
-    from tidal_agents.errors import EpisodeDeadlineExceeded
     from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
 
     agent = create_agent(
@@ -237,8 +240,6 @@ def summarise(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
 
 def policies(max_tokens: int, quick: bool) -> dict[str, Any]:
     """name -> StrategyConfig (None = adaptive)."""
-    from tidal_agents.allocation import default_grid
-
     grid = {c.name: c for c in default_grid(max_tokens=max_tokens)}
     names = STATIC_POLICIES[:2] if quick else STATIC_POLICIES
     out: dict[str, Any] = {"adaptive": None}
@@ -249,9 +250,6 @@ def policies(max_tokens: int, quick: bool) -> dict[str, Any]:
 def warm_up(model: Any, config: Any = None) -> float:
     """Start the shared engine and pay one-off costs (first request, first grammar)
     outside any episode, so that no episode's deadline includes them. Returns seconds."""
-    from tidal_agents.chat_model import TidalChatModel
-    from tidal_agents.types import StrategyConfig
-
     t0 = time.monotonic()
     _ = model.engine  # starts the engine all the policies' models share
     warm = TidalChatModel(max_tokens=8, engine_config=config,
@@ -264,9 +262,6 @@ def warm_up(model: Any, config: Any = None) -> float:
 def run(config: Any = None, args: Any = None) -> dict[str, Any]:
     """Entry point of `tidal-agents bench episodes`."""
     from tqdm import tqdm
-
-    from tidal_agents.chat_model import TidalChatModel
-    from tidal_agents.evaluation.agent_tasks import ONE_CALL_KINDS
 
     quick = bool(getattr(args, "quick", False))
     max_tokens = int(getattr(args, "max_tokens", 64) or 64)

@@ -22,6 +22,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
+from tidal_agents.chat_model import TidalChatModel
 from tidal_agents.episode import Episode
 from tidal_agents.errors import EpisodeDeadlineExceeded, TidalError
 from tidal_agents.evaluation.tasks import graded_arithmetic
@@ -104,8 +105,6 @@ def run_load(model: Any, levels: Sequence[int] = LEVELS, deadline_s: float = 60.
 
 
 def run(config: Any = None, args: Any = None) -> dict[str, Any]:
-    from tidal_agents.chat_model import TidalChatModel
-
     quick = bool(getattr(args, "quick", False))
     max_tokens = int(getattr(args, "max_tokens", 64) or 64)
     deadline = float(getattr(args, "deadline", None) or 60.0)

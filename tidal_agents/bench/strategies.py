@@ -27,6 +27,7 @@ import asyncio
 import statistics
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from tidal_agents.engine import EngineConfig, LocalVLLMEngine
@@ -118,11 +119,20 @@ async def _bo8(
     return {
         "bo8_vs_sequential_ratio": (b_wall / b_tok) / (s_wall / s_tok),
         "bo8_vs_sequential_wall_ratio": b_wall / s_wall,
-        "bo8_wall_s": b_wall / repeats,
-        "sequential8_wall_s": s_wall / repeats,
-        "bo8_tokens": b_tok / repeats,
-        "sequential8_tokens": s_tok / repeats,
+        **_per_repeat(repeats, bo8_wall_s=b_wall, sequential8_wall_s=s_wall, bo8_tokens=b_tok,
+                      sequential8_tokens=s_tok),
     }
+
+
+def _per_repeat(repeats: int, **totals: float) -> dict[str, float]:
+    """Each total over `repeats` runs, as a mean per run under the same name."""
+    return {name: total / repeats for name, total in totals.items()}
+
+
+def _cost_totals(runs: Sequence[StrategyResult]) -> tuple[float, float, int]:
+    """Summed wall time, generated tokens and engine calls of strategy runs."""
+    return (sum(r.cost.wall_s for r in runs), float(sum(r.cost.generated_tokens for r in runs)),
+            sum(r.cost.engine_calls for r in runs))
 
 
 async def _beams(
@@ -131,31 +141,20 @@ async def _beams(
     step = StepInput(prompt=prompt, answer_kind="math")
     ours = StrategyConfig("beam", n=4, expansions=2, max_tokens=max_tokens)
     theirs = StrategyConfig("vllm_beam", n=4, max_tokens=max_tokens)
-    o_wall = o_tok = v_wall = v_tok = 0.0
-    o_calls = v_calls = 0
+    ours_runs: list[StrategyResult] = []
+    theirs_runs: list[StrategyResult] = []
     for _ in range(repeats):
-        o = await run_strategy(engine, step, ours)
-        v = await run_strategy(engine, step, theirs)
-        o_wall, o_tok, o_calls = (
-            o_wall + o.cost.wall_s,
-            o_tok + o.cost.generated_tokens,
-            o_calls + o.cost.engine_calls,
-        )
-        v_wall, v_tok, v_calls = (
-            v_wall + v.cost.wall_s,
-            v_tok + v.cost.generated_tokens,
-            v_calls + v.cost.engine_calls,
-        )
+        ours_runs.append(await run_strategy(engine, step, ours))
+        theirs_runs.append(await run_strategy(engine, step, theirs))
+    o_wall, o_tok, o_calls = _cost_totals(ours_runs)
+    v_wall, v_tok, v_calls = _cost_totals(theirs_runs)
     return {
         "beam_speedup_vs_vllm": (v_wall / v_tok) / (o_wall / o_tok),
         "beam_s_per_token": o_wall / o_tok,
         "vllm_beam_s_per_token": v_wall / v_tok,
-        "beam_wall_s": o_wall / repeats,
-        "vllm_beam_wall_s": v_wall / repeats,
-        "beam_generated_tokens": o_tok / repeats,
-        "vllm_beam_generated_tokens": v_tok / repeats,
-        "beam_engine_calls": o_calls / repeats,
-        "vllm_beam_engine_calls": v_calls / repeats,
+        **_per_repeat(repeats, beam_wall_s=o_wall, vllm_beam_wall_s=v_wall,
+                      beam_generated_tokens=o_tok, vllm_beam_generated_tokens=v_tok,
+                      beam_engine_calls=o_calls, vllm_beam_engine_calls=v_calls),
     }
 
 

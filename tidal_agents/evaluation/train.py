@@ -30,8 +30,17 @@ from typing import Any
 
 import numpy as np
 
+from tidal_agents.allocation.features import StepFeatures
+from tidal_agents.allocation.predictor import (
+    DEFAULT_PREDICTOR_FILE,
+    PriorAccuracyPredictor,
+    SklearnAccuracyPredictor,
+    TrainingRow,
+)
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.evaluation.collect import read_rows
+from tidal_agents.evaluation.figures import allocation_figures, outcome_matrices
+from tidal_agents.types import StrategyConfig
 
 DEFAULT_TEST_FRACTION = 0.3
 REPORT_FILE = "accuracy_predictor.json"
@@ -91,10 +100,8 @@ def split_rows(
     return train, test
 
 
-def row_config(row: dict[str, Any]) -> Any:
+def row_config(row: dict[str, Any]) -> StrategyConfig:
     """The StrategyConfig an outcome row measured."""
-    from tidal_agents.types import StrategyConfig
-
     selector: Any = row["selector"] if row["strategy"] == "best_of_n" else "first"
     return StrategyConfig(
         strategy=row["strategy"], n=int(row["n"]), selector=selector,
@@ -102,22 +109,18 @@ def row_config(row: dict[str, Any]) -> Any:
     )
 
 
-def row_features(row: dict[str, Any]) -> Any:
+def row_features(row: dict[str, Any]) -> StepFeatures:
     """Step features of the row's question, as the controller would see them."""
     return _text_features(row["question"], int(row["prompt_tokens"]))
 
 
 @functools.lru_cache(maxsize=4096)
-def _text_features(question: str, prompt_tokens: int) -> Any:
+def _text_features(question: str, prompt_tokens: int) -> StepFeatures:
     """`StepFeatures` (frozen) of one question, cached: cross-validation refits often."""
-    from tidal_agents.allocation.features import StepFeatures
-
     return StepFeatures.from_text(question, prompt_tokens=prompt_tokens, answer_kind="math")
 
 
-def training_rows(rows: Sequence[dict[str, Any]]) -> list[Any]:
-    from tidal_agents.allocation.predictor import TrainingRow
-
+def training_rows(rows: Sequence[dict[str, Any]]) -> list[TrainingRow]:
     return [TrainingRow(row_features(r), row_config(r), float(r["soft_label"])) for r in rows]
 
 
@@ -202,9 +205,6 @@ def cross_validate(
     `keep_predictions` adds ``_oof``: {"qids", "configs", "acc_hat": one
     Q x C array per repeat} (not JSON; for choices made on these predictions).
     """
-    from tidal_agents.allocation.predictor import SklearnAccuracyPredictor
-    from tidal_agents.bench.allocation import allocation_figures, outcome_matrices
-
     if not isinstance(folds, int) or folds < 2 or not isinstance(repeats, int) or repeats < 1:
         raise TidalConfigError(f"folds={folds!r}, repeats={repeats!r}: allowed are folds >= 2, "
                                "repeats >= 1.")
@@ -301,8 +301,6 @@ def fit_recipe(
     cross-validates it and keeps every CV result's out-of-fold predictions
     (``_oof``, see `cross_validate`) for choices made on `rows` only.
     """
-    from tidal_agents.allocation.predictor import SklearnAccuracyPredictor
-
     cv_table: list[dict[str, Any]] | None = None
     if estimator == "select":
         estimator, cv_table = select_estimator(rows, seed=seed, folds=folds, repeats=repeats,
@@ -329,8 +327,6 @@ def train(
     `estimator` "select" picks among `ESTIMATORS` by cross-validation on the
     training split (`select_estimator`); the report then carries the CV table.
     """
-    from tidal_agents.allocation.predictor import PriorAccuracyPredictor
-
     train_rows, test_rows = split_rows(rows, test_fraction, seed)
     predictor, estimator, cv_table = fit_recipe(train_rows, estimator, seed)
     label = np.array([r["soft_label"] for r in test_rows], dtype=float)
@@ -378,8 +374,6 @@ def main(argv: list[str] | None = None) -> int:
                    help="where to save the predictor (default: tidal_agents/data/)")
     p.add_argument("--plot", type=Path, default=Path("docs/figures/reliability.png"))
     args = p.parse_args(argv)
-    from tidal_agents.allocation.predictor import DEFAULT_PREDICTOR_FILE
-
     rows = load_outcomes(args.outcomes)
     predictor, report = train(rows, args.test_fraction, args.seed, args.estimator)
     model_out = args.model_out or data_dir() / DEFAULT_PREDICTOR_FILE

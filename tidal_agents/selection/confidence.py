@@ -20,8 +20,6 @@ from typing import Literal
 from tidal_agents.errors import TidalConfigError
 
 ConfidenceMethod = Literal["lowest_window", "mean"]
-ProbeConfidenceMethod = Literal["mean", "min", "parses"]
-PROBE_CONFIDENCE_METHODS: tuple[str, ...] = ("mean", "min", "parses")
 DEFAULT_WINDOW = 16
 
 
@@ -47,43 +45,3 @@ def confidence(
         running += lps[i] - lps[i - window]
         lowest = min(lowest, running)
     return math.exp(lowest / window)
-
-
-def probe_confidence(mean_logprob: float | None, answer: str | None) -> float:
-    """A cascade probe's confidence: exp(mean token log-prob) in (0, 1].
-
-    0.0 when no answer could be extracted from the probe (`answer` None) or it
-    has no usable log-probs. The cascade strategy and its offline evaluation
-    (`tidal_agents.evaluation.cascade`) both use this function.
-    """
-    if answer is None or mean_logprob is None or not math.isfinite(mean_logprob):
-        return 0.0
-    return min(math.exp(mean_logprob), 1.0)
-
-
-def greedy_probe_confidence(
-    token_logprobs: Sequence[float | None], answer: str | None,
-    method: ProbeConfidenceMethod = "mean",
-) -> float:
-    """A greedy probe's confidence from its sampled tokens' log-probs, in [0, 1].
-
-    ``mean``: exp(mean token log-prob); ``min``: exp(lowest token log-prob);
-    ``parses``: 1 when an answer was extracted. 0.0 when no answer could be
-    extracted (`answer` None) or, for mean/min, no finite log-prob is left. The
-    greedy-probe cascade strategy and its offline evaluation
-    (`tidal_agents.evaluation.cascade`) both use this function.
-    """
-    if method not in PROBE_CONFIDENCE_METHODS:
-        raise TidalConfigError(
-            f"probe confidence method={method!r}: allowed are "
-            f"{', '.join(PROBE_CONFIDENCE_METHODS)}."
-        )
-    if answer is None:
-        return 0.0
-    if method == "parses":
-        return 1.0
-    lps = [float(x) for x in token_logprobs if x is not None and math.isfinite(x)]
-    if not lps:
-        return 0.0
-    value = sum(lps) / len(lps) if method == "mean" else min(lps)
-    return min(math.exp(value), 1.0)
