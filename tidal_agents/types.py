@@ -6,7 +6,7 @@ of them can name these types without importing a layer above it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from tidal_agents.errors import TidalConfigError
@@ -98,6 +98,20 @@ class CostRecord:
     @property
     def total_tokens(self) -> int:
         return self.prompt_tokens + self.generated_tokens
+
+    def merged(self, other: CostRecord) -> CostRecord:
+        """What both runs spent together: counts and seconds add up, cut short if
+        either was, servers in the order they first answered."""
+        values: dict[str, Any] = {}
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            if isinstance(mine, bool):
+                values[f.name] = mine or theirs
+            elif isinstance(mine, tuple):
+                values[f.name] = tuple(dict.fromkeys(mine + theirs))
+            else:
+                values[f.name] = mine + theirs
+        return CostRecord(**values)
 
 
 @dataclass(frozen=True)

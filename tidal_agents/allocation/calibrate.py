@@ -15,15 +15,16 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import functools
 import logging
 import math
 import random
 import time
 import uuid
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 import numpy as np
 
@@ -39,6 +40,7 @@ from tidal_agents.types import StrategyConfig
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+P = ParamSpec("P")
 
 _FILLER = (
     "The committee reviewed the quarterly figures for the northern depots, noting that "
@@ -217,7 +219,13 @@ async def acalibrate(
     path: str | Path | None = None,
     max_seconds: float | None = None,
 ) -> CostModel:
-    """Async `calibrate`."""
+    """Measure `engine` and return a fitted `CostModel`, saved per backend by default.
+
+    The sweep stops after `max_seconds` (default 100 s, quick 40 s) and fits what
+    it measured: on an idle 2-core CPU the full sweep takes ~1-2 minutes, quick
+    ~30 s. Saved to `cost_model.default_path(engine.backend_id)` unless
+    `save=False`, or to `path`. `calibrate` is the blocking form.
+    """
     plan = QUICK_PLAN if quick else FULL_PLAN
     t0 = time.perf_counter()
     await measure(engine, unique_prompt(engine), 2, 8)  # warm-up: first-request costs
@@ -254,23 +262,19 @@ async def acalibrate(
     return model
 
 
-def calibrate(
-    engine: Engine,
-    quick: bool = False,
-    save: bool = True,
-    path: str | Path | None = None,
-    max_seconds: float | None = None,
-) -> CostModel:
-    """Measure `engine` and return a fitted `CostModel`, saved per backend by default.
+def _blocking(fn: Callable[P, Coroutine[Any, Any, T]]) -> Callable[P, T]:
+    """The blocking form of the coroutine function `fn`, with its signature."""
 
-    The sweep stops after `max_seconds` (default 100 s, quick 40 s) and fits what
-    it measured: on an idle 2-core CPU the full sweep takes ~1-2 minutes, quick
-    ~30 s. Saved to `cost_model.default_path(engine.backend_id)` unless
-    `save=False`, or to `path`.
-    """
-    return _run_sync(
-        acalibrate(engine, quick=quick, save=save, path=path, max_seconds=max_seconds)
-    )
+    @functools.wraps(fn)
+    def run(*args: P.args, **kwargs: P.kwargs) -> T:
+        return _run_sync(fn(*args, **kwargs))
+
+    return run
+
+
+#: `acalibrate`, blocking (from a running event loop too)
+calibrate = _blocking(acalibrate)
+calibrate.__name__ = calibrate.__qualname__ = "calibrate"
 
 
 def _run_sync(coro: Coroutine[Any, Any, T]) -> T:

@@ -11,14 +11,14 @@ from typing import Any
 from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.scorers import Scorer
-from tidal_agents.strategies.base import StepInput, Strategy
+from tidal_agents.strategies.base import StepInput, Strategy, StrategyRun
 from tidal_agents.strategies.beam import beam
 from tidal_agents.strategies.best_of_n import best_of_n
 from tidal_agents.strategies.single import single
 from tidal_agents.strategies.vllm_beam import vllm_beam
 from tidal_agents.types import Candidate, CostRecord, StrategyConfig, StrategyName, StrategyResult
 
-STRATEGIES: dict[StrategyName, Any] = {
+STRATEGIES: dict[StrategyName, Strategy] = {
     "single": single,
     "best_of_n": best_of_n,
     "beam": beam,
@@ -52,10 +52,8 @@ async def run_strategy(
         raise TidalConfigError(f"step must be a StepInput, got {type(step).__name__}.")
     if config.selector == "scorer" and scorer is None and config.strategy == "best_of_n":
         raise TidalConfigError("selector='scorer' needs scorer=...; none was given.")
-    result: StrategyResult = await fn(
-        engine, step, config, deadline, on_token, scorer=scorer, **options
-    )
-    return result
+    run = StrategyRun(engine, step, config, deadline, on_token, scorer)
+    return await fn(run, **options)
 
 
 __all__ = [
@@ -64,6 +62,7 @@ __all__ = [
     "CostRecord",
     "StepInput",
     "Strategy",
+    "StrategyRun",
     "StrategyConfig",
     "StrategyResult",
     "run_strategy",

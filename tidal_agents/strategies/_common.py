@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from tidal_agents.engine.types import GenerationRequest, GenerationResult, Sample
+from tidal_agents.engine.types import Engine, GenerationRequest, GenerationResult, Sample
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import extract_answer
-from tidal_agents.strategies.base import StepInput
-from tidal_agents.types import Candidate, CostRecord, StrategyConfig
+from tidal_agents.strategies.base import StepInput, StrategyRun
+from tidal_agents.types import Candidate, CostRecord
 
 #: the engine rejects timeout_s <= 0; a past deadline becomes an immediate abort
 _MIN_TIMEOUT_S = 1e-3
@@ -28,9 +29,7 @@ def past(deadline: float | None) -> bool:
 
 
 def request_for(
-    step: StepInput,
-    config: StrategyConfig,
-    deadline: float | None,
+    run: StrategyRun,
     *,
     n: int = 1,
     temperature: float | None = None,
@@ -38,7 +37,9 @@ def request_for(
     max_tokens: int | None = None,
     stop: tuple[str, ...] | None = None,
 ) -> GenerationRequest:
-    """The engine request for `step` under `config`; the deadline becomes timeout_s."""
+    """The engine request for the run's step under its config; the deadline becomes
+    timeout_s."""
+    step, config = run.step, run.config
     return GenerationRequest(
         prompt=step.prompt if prompt is None else prompt,
         n=n,
@@ -48,7 +49,7 @@ def request_for(
         # 0 = the sampled token's own log-prob, which is all confidence needs
         logprobs=0 if step.logprobs else None,
         guided=step.guided,
-        timeout_s=timeout_for(deadline),
+        timeout_s=timeout_for(run.deadline),
     )
 
 
@@ -63,14 +64,30 @@ def to_candidate(sample: Sample, step: StepInput) -> Candidate:
     )
 
 
-def require_tokenizer(engine: Any, strategy: str) -> Any:
-    tok = getattr(engine, "tokenizer", None)
+def tokenized_prompt(run: StrategyRun, strategy: str) -> tuple[Any, tuple[int, ...]]:
+    """The engine's tokenizer and the step's prompt as token ids, for the strategies
+    that extend token sequences themselves."""
+    tok = getattr(run.engine, "tokenizer", None)
     if tok is None or not hasattr(tok, "decode"):
         raise TidalConfigError(
             f"strategy {strategy!r} works on token ids and needs an engine with a "
-            f"`tokenizer` (LocalVLLMEngine has one); {type(engine).__name__} has none."
+            f"`tokenizer` (LocalVLLMEngine has one); {type(run.engine).__name__} has none."
         )
-    return tok
+    return tok, tuple(tok.encode(run.step.prompt, add_special_tokens=False))
+
+
+def cost_of(result: GenerationResult) -> CostRecord:
+    """The cost of one engine request (its wall time is the strategy's to measure)."""
+    attempts = result.extra.get("attempts") or ()
+    replica = result.extra.get("replica")
+    return CostRecord(
+        prompt_tokens=result.prompt_tokens,
+        cached_prompt_tokens=result.cached_prompt_tokens,
+        generated_tokens=result.generated_tokens,
+        engine_calls=1,
+        servers=(replica,) if replica else (),
+        engine_retries=max(len(attempts) - 1, 0),
+    )
 
 
 @dataclass
@@ -78,34 +95,21 @@ class CostMeter:
     """Sums what every engine request reported, so the record equals the engine's counts."""
 
     started: float = field(default_factory=time.perf_counter)
-    prompt_tokens: int = 0
-    cached_prompt_tokens: int = 0
-    generated_tokens: int = 0
-    engine_calls: int = 0
-    timed_out: bool = False
-    servers: list[str] = field(default_factory=list)
-    engine_retries: int = 0
+    spent: CostRecord = field(default_factory=CostRecord)
 
     def add(self, result: GenerationResult) -> GenerationResult:
-        self.prompt_tokens += result.prompt_tokens
-        self.cached_prompt_tokens += result.cached_prompt_tokens
-        self.generated_tokens += result.generated_tokens
-        self.engine_calls += 1
-        self.timed_out = self.timed_out or result.timed_out
-        attempts = result.extra.get("attempts") or ()
-        self.engine_retries += max(len(attempts) - 1, 0)
-        if result.extra.get("replica") and result.extra["replica"] not in self.servers:
-            self.servers.append(result.extra["replica"])
+        self.spent = self.spent.merged(cost_of(result))
         return result
 
+    async def generate_all(
+        self, engine: Engine, requests: list[GenerationRequest]
+    ) -> list[GenerationResult]:
+        """Issue `requests` concurrently (prefix caching shares their prompt); every
+        result is counted, in request order."""
+        results = await asyncio.gather(*(engine.generate(r) for r in requests))
+        return [self.add(r) for r in results]
+
     def record(self, cut_short: bool) -> CostRecord:
-        return CostRecord(
-            prompt_tokens=self.prompt_tokens,
-            cached_prompt_tokens=self.cached_prompt_tokens,
-            generated_tokens=self.generated_tokens,
-            engine_calls=self.engine_calls,
-            wall_s=time.perf_counter() - self.started,
-            cut_short=cut_short,
-            servers=tuple(self.servers),
-            engine_retries=self.engine_retries,
+        return replace(
+            self.spent, wall_s=time.perf_counter() - self.started, cut_short=cut_short
         )

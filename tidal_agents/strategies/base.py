@@ -8,9 +8,10 @@ the best candidate so far, and mark the result as cut short.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from tidal_agents.engine.types import Engine, GuidedDecoding, TokenCallback
+from tidal_agents.selection.scorers import Scorer
 from tidal_agents.types import (
     AnswerKind,
     Candidate,
@@ -28,6 +29,7 @@ __all__ = [
     "SelectorName",
     "StepInput",
     "Strategy",
+    "StrategyRun",
     "StrategyConfig",
     "StrategyName",
     "StrategyResult",
@@ -45,14 +47,23 @@ class StepInput:
     logprobs: bool = True
 
 
+@dataclass(frozen=True)
+class StrategyRun:
+    """One strategy call: what every strategy is given."""
+
+    engine: Engine
+    step: StepInput
+    config: StrategyConfig
+    #: an absolute ``time.monotonic()`` value: stop there, best candidate so far
+    deadline: float | None = None
+    #: ``on_token(sample_index, text_delta)``; only `single` streams
+    on_token: TokenCallback | None = None
+    #: serves selector="scorer" and beam pruning
+    scorer: Scorer | None = None
+
+
 class Strategy(Protocol):
-    async def __call__(
-        self,
-        engine: Engine,
-        step: StepInput,
-        config: StrategyConfig,
-        deadline: float | None = None,
-        on_token: TokenCallback | None = None,
-    ) -> StrategyResult:
-        """Run on `engine`. `deadline` is an absolute `time.monotonic()` value."""
+    async def __call__(self, run: StrategyRun, **options: Any) -> StrategyResult:
+        """Run `run.config` on `run.engine`; `options` are the strategy's own
+        settings (e.g. beam's `delimiter`)."""
         ...

@@ -21,13 +21,13 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
-from tidal_agents.engine.types import Engine, Sample, TokenCallback
+from tidal_agents.engine.types import Sample
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import extract_answer, has_final_answer
 from tidal_agents.selection.scorers import Scorer
-from tidal_agents.strategies._common import CostMeter, past, request_for, require_tokenizer
-from tidal_agents.strategies.base import StepInput
-from tidal_agents.types import Candidate, StrategyConfig, StrategyResult
+from tidal_agents.strategies._common import CostMeter, past, request_for, tokenized_prompt
+from tidal_agents.strategies.base import StepInput, StrategyRun
+from tidal_agents.types import Candidate, StrategyResult
 
 DELIMITER = "\n\n"
 #: search-and-learn's default depth
@@ -105,17 +105,10 @@ def _candidate(b: Beam, step: StepInput, unfinished: str) -> Candidate:
 
 
 async def beam(
-    engine: Engine,
-    step: StepInput,
-    config: StrategyConfig,
-    deadline: float | None = None,
-    on_token: TokenCallback | None = None,  # many interleaved beams do not stream
-    *,
-    scorer: Scorer | None = None,
-    delimiter: str = DELIMITER,
-    max_rounds: int = MAX_ROUNDS,
-    **_: Any,
+    run: StrategyRun, *, delimiter: str = DELIMITER, max_rounds: int = MAX_ROUNDS, **_: Any
 ) -> StrategyResult:
+    # many interleaved beams do not stream: run.on_token is not used
+    step, config, scorer = run.step, run.config, run.scorer
     if step.guided is not None:
         raise TidalConfigError(
             "strategy 'beam' cannot keep a grammar across steps (guided decoding restarts "
@@ -125,8 +118,7 @@ async def beam(
         raise TidalConfigError("delimiter is empty; pass the string that ends a step.")
     if not isinstance(max_rounds, int) or max_rounds < 1:
         raise TidalConfigError(f"max_rounds={max_rounds!r}: allowed is an integer >= 1.")
-    tok = require_tokenizer(engine, "beam")
-    prompt_ids = tuple(tok.encode(step.prompt, add_special_tokens=False))
+    tok, prompt_ids = tokenized_prompt(run, "beam")
     special = set(tok.all_special_ids)
     width, meter = config.n, CostMeter()
     live: list[Beam] = [Beam("", (), ())]
@@ -136,16 +128,14 @@ async def beam(
     deadline_hit = False
 
     while live and rounds < max_rounds and len(completed) < width:
-        if past(deadline):
+        if past(run.deadline):
             deadline_hit = True
             break
         rounds += 1
         n_each = width * config.expansions if rounds == 1 else config.expansions
         requests = [
             request_for(
-                step,
-                config,
-                deadline,
+                run,
                 n=n_each,
                 prompt=prompt_ids + b.token_ids,
                 max_tokens=config.max_tokens - len(b.token_ids),
@@ -153,14 +143,12 @@ async def beam(
             )
             for b in live
         ]
-        results = await asyncio.gather(*(engine.generate(r) for r in requests))
-        children = []
-        for parent, result in zip(live, results, strict=True):
-            meter.add(result)
-            children += [
-                _extend(parent, s, step, delimiter, tok, special, config.max_tokens)
-                for s in result.samples
-            ]
+        results = await meter.generate_all(run.engine, requests)
+        children = [
+            _extend(parent, s, step, delimiter, tok, special, config.max_tokens)
+            for parent, result in zip(live, results, strict=True)
+            for s in result.samples
+        ]
         children = await _score(children, step, scorer)
         completed += [c for c in children if c.finish in ("stop", "length")]
         cut_off += [c for c in children if c.finish in ("timeout", "abort")]

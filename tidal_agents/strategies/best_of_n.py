@@ -19,14 +19,12 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import canonical_answer
-from tidal_agents.selection.scorers import Scorer
 from tidal_agents.selection.voting import select
 from tidal_agents.strategies._common import CostMeter, past, request_for, to_candidate
-from tidal_agents.strategies.base import StepInput
-from tidal_agents.types import Candidate, StrategyConfig, StrategyResult
+from tidal_agents.strategies.base import StrategyRun
+from tidal_agents.types import Candidate, StrategyResult
 
 DECISIVE = 0.95
 _VOTING = ("majority", "confidence", "tool_vote")
@@ -61,16 +59,9 @@ def wave_sizes(n: int) -> list[int]:
     return sizes
 
 
-async def best_of_n(
-    engine: Engine,
-    step: StepInput,
-    config: StrategyConfig,
-    deadline: float | None = None,
-    on_token: TokenCallback | None = None,  # N interleaved samples do not stream
-    *,
-    scorer: Scorer | None = None,
-    **_: Any,
-) -> StrategyResult:
+async def best_of_n(run: StrategyRun, **_: Any) -> StrategyResult:
+    # N interleaved samples do not stream: run.on_token is not used
+    step, config = run.step, run.config
     if config.adaptive and config.selector not in _VOTING:
         raise TidalConfigError(
             f"adaptive best_of_n stops on vote agreement; selector={config.selector!r} does "
@@ -84,10 +75,10 @@ async def best_of_n(
     sizes = wave_sizes(config.n) if config.adaptive else [config.n]
 
     for size in sizes:
-        if waves and past(deadline):
+        if waves and past(run.deadline):
             stop_rule = "deadline"
             break
-        result = meter.add(await engine.generate(request_for(step, config, deadline, n=size)))
+        result = meter.add(await run.engine.generate(request_for(run, n=size)))
         candidates.extend(to_candidate(s, step) for s in result.samples)
         waves.append(size)
         if result.timed_out:
@@ -104,7 +95,7 @@ async def best_of_n(
     complete = [i for i, c in enumerate(candidates) if c.finish_reason in ("stop", "length")]
     pool = complete or list(range(len(candidates)))
     chosen = select(
-        [candidates[i] for i in pool], config.selector, step.answer_kind, scorer, step.prompt
+        [candidates[i] for i in pool], config.selector, step.answer_kind, run.scorer, step.prompt
     )
     index = pool[chosen.index]
     return StrategyResult(

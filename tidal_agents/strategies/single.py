@@ -8,29 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.strategies._common import CostMeter, request_for, to_candidate
-from tidal_agents.strategies.base import StepInput
-from tidal_agents.types import StrategyConfig, StrategyResult
+from tidal_agents.strategies.base import StrategyRun
+from tidal_agents.types import StrategyResult
 
 
-async def single(
-    engine: Engine,
-    step: StepInput,
-    config: StrategyConfig,
-    deadline: float | None = None,
-    on_token: TokenCallback | None = None,
-    **_: Any,
-) -> StrategyResult:
+async def single(run: StrategyRun, **_: Any) -> StrategyResult:
     meter = CostMeter()
     # A past deadline still issues the request with a tiny timeout: vLLM aborts at
     # once and we return the (possibly empty) partial sample rather than raise.
-    result = meter.add(await engine.generate(request_for(step, config, deadline), on_token))
-    candidate = to_candidate(result.samples[0], step)
+    result = meter.add(await run.engine.generate(request_for(run), run.on_token))
+    candidate = to_candidate(result.samples[0], run.step)
     return StrategyResult(
         selected=candidate,
         candidates=(candidate,),
         cost=meter.record(cut_short=result.timed_out),
-        config=config,
-        details={"greedy": config.temperature == 0},
+        config=run.config,
+        details={"greedy": run.config.temperature == 0},
     )

@@ -23,17 +23,16 @@ is returned, cut short.
 
 from __future__ import annotations
 
-import asyncio
 import math
 from dataclasses import dataclass
 from typing import Any
 
-from tidal_agents.engine.types import MAX_TOP_LOGPROBS, Engine, GenerationRequest, TokenCallback
+from tidal_agents.engine.types import MAX_TOP_LOGPROBS, GenerationRequest, GenerationResult
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.selection.answers import extract_answer
-from tidal_agents.strategies._common import CostMeter, past, require_tokenizer, timeout_for
-from tidal_agents.strategies.base import StepInput
-from tidal_agents.types import Candidate, StrategyConfig, StrategyResult
+from tidal_agents.strategies._common import CostMeter, past, timeout_for, tokenized_prompt
+from tidal_agents.strategies.base import StepInput, StrategyRun
+from tidal_agents.types import Candidate, StrategyResult
 
 
 @dataclass(frozen=True)
@@ -50,34 +49,59 @@ def beam_score(seq: _Seq, eos: int | None, length_penalty: float) -> float:
     return seq.cum_logprob / (max(n, 1) ** length_penalty)
 
 
+def _expand(
+    beams: list[_Seq], results: list[GenerationResult], eos: int | None, completed: list[_Seq]
+) -> list[_Seq]:
+    """Every (beam, top token) pair of one round; EOS pairs go to `completed`."""
+    candidates: list[_Seq] = []
+    for beam, r in zip(beams, results, strict=True):
+        top = r.samples[0].top_logprobs[0] if r.samples[0].top_logprobs else {}
+        for token_id, lp in top.items():
+            cum = beam.cum_logprob + lp
+            if token_id == eos:
+                completed.append(_Seq(beam.tokens, beam.logprobs + (lp,), cum, "stop"))
+            else:
+                candidates.append(_Seq(beam.tokens + (token_id,), beam.logprobs + (lp,), cum))
+    return candidates
+
+
+def _candidate(
+    s: _Seq, prompt_len: int, tok: Any, step: StepInput, unfinished: str, score: float
+) -> Candidate:
+    gen = s.tokens[prompt_len:]
+    text = tok.decode(list(gen), skip_special_tokens=True)
+    return Candidate(
+        text=text,
+        token_ids=gen,
+        finish_reason=s.finish or unfinished,
+        answer=extract_answer(text, step.answer_kind),
+        score=score,
+        mean_logprob=sum(s.logprobs) / len(s.logprobs) if s.logprobs else None,
+        token_logprobs=s.logprobs,
+    )
+
+
 async def vllm_beam(
-    engine: Engine,
-    step: StepInput,
-    config: StrategyConfig,
-    deadline: float | None = None,
-    on_token: TokenCallback | None = None,  # beams change every token: nothing to stream
-    *,
-    length_penalty: float = 1.0,
-    temperature: float = 0.0,
-    **_: Any,
+    run: StrategyRun, *, length_penalty: float = 1.0, temperature: float = 0.0, **_: Any
 ) -> StrategyResult:
-    width = config.n
+    # beams change every token, so there is nothing to stream: run.on_token is not used
+    width = run.config.n
     if 2 * width > MAX_TOP_LOGPROBS:
         raise TidalConfigError(
             f"vllm_beam width n={width}: it needs 2*width top log-probs per token and vLLM's "
             f"max_logprobs is {MAX_TOP_LOGPROBS}; allowed is n <= {MAX_TOP_LOGPROBS // 2}."
         )
-    if step.guided is not None:
+    if run.step.guided is not None:
         raise TidalConfigError("strategy 'vllm_beam' has no guided decoding (as in vLLM).")
-    tok = require_tokenizer(engine, "vllm_beam")
+    tok, prompt_ids = tokenized_prompt(run, "vllm_beam")
     eos = tok.eos_token_id
-    prompt_ids = tuple(tok.encode(step.prompt, add_special_tokens=False))
     meter = CostMeter()
-    beams, completed = [_Seq(prompt_ids)], []
+    beams: list[_Seq] = [_Seq(prompt_ids)]
+    completed: list[_Seq] = []
     rounds, cut = 0, False
 
-    for _round in range(config.max_tokens):
-        if past(deadline):
+    for _round in range(run.config.max_tokens):
+        if past(run.deadline):
             cut = True
             break
         requests = [
@@ -86,58 +110,37 @@ async def vllm_beam(
                 max_tokens=1,
                 logprobs=2 * width,
                 temperature=temperature,
-                timeout_s=timeout_for(deadline),
+                timeout_s=timeout_for(run.deadline),
             )
             for b in beams
         ]
-        results = await asyncio.gather(*(engine.generate(r) for r in requests))
+        results = await meter.generate_all(run.engine, requests)
         rounds += 1
-        for r in results:
-            meter.add(r)
         if any(r.timed_out for r in results):  # vLLM stops on an aborted beam, as here
             cut = True
             break
-        candidates: list[_Seq] = []
-        for beam, r in zip(beams, results, strict=True):
-            top = r.samples[0].top_logprobs[0] if r.samples[0].top_logprobs else {}
-            for token_id, lp in top.items():
-                cum = beam.cum_logprob + lp
-                if token_id == eos:
-                    completed.append(_Seq(beam.tokens, beam.logprobs + (lp,), cum, "stop"))
-                else:
-                    candidates.append(_Seq(beam.tokens + (token_id,), beam.logprobs + (lp,), cum))
         # stable sort: equal log-probs keep the order vLLM's argsort would meet them
-        beams = sorted(candidates, key=lambda c: -c.cum_logprob)[:width]
+        beams = sorted(_expand(beams, results, eos, completed), key=lambda c: -c.cum_logprob)
+        beams = beams[:width]
         if not beams:
             break
 
     ranked = sorted(completed + beams, key=lambda s: -beam_score(s, eos, length_penalty))
-    best = ranked[:width] or [_Seq(prompt_ids)]
-
-    def as_candidate(s: _Seq) -> Candidate:
-        gen = s.tokens[len(prompt_ids) :]
-        text = tok.decode(list(gen), skip_special_tokens=True)
-        finish = s.finish or ("timeout" if cut else "length")
-        return Candidate(
-            text=text,
-            token_ids=gen,
-            finish_reason=finish,
-            answer=extract_answer(text, step.answer_kind),
-            score=beam_score(s, eos, length_penalty),
-            mean_logprob=sum(s.logprobs) / len(s.logprobs) if s.logprobs else None,
-            token_logprobs=s.logprobs,
-        )
-
-    candidates_out = tuple(as_candidate(s) for s in best)
+    unfinished = "timeout" if cut else "length"
+    candidates = tuple(
+        _candidate(s, len(prompt_ids), tok, run.step, unfinished,
+                   beam_score(s, eos, length_penalty))
+        for s in ranked[:width] or [_Seq(prompt_ids)]
+    )
     return StrategyResult(
-        selected=candidates_out[0],
-        candidates=candidates_out,
+        selected=candidates[0],
+        candidates=candidates,
         cost=meter.record(cut_short=cut),
-        config=config,
+        config=run.config,
         details={
             "rounds": rounds,
             "completed": len(completed),
             "length_penalty": length_penalty,
-            "best_score": candidates_out[0].score if candidates_out else -math.inf,
+            "best_score": candidates[0].score if candidates else -math.inf,
         },
     )

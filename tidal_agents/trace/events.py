@@ -7,6 +7,7 @@ raises, and we skip quietly: a trace event must never fail the step.
 from __future__ import annotations
 
 import logging
+from types import TracebackType
 from typing import Any
 
 from langchain_core.callbacks.manager import adispatch_custom_event, dispatch_custom_event
@@ -23,33 +24,39 @@ def _payload(record: StepRecord | dict[str, Any]) -> dict[str, Any]:
     return record.model_dump(mode="json") if isinstance(record, StepRecord) else dict(record)
 
 
-def _no_parent(exc: RuntimeError) -> bool:
-    return "parent run id" in str(exc)
+class _SkipWithoutParent:
+    """Swallows LangChain's error for an event sent outside a run (logged at debug);
+    `sent` then says whether the event went out."""
+
+    def __init__(self) -> None:
+        self.sent = True
+
+    def __enter__(self) -> _SkipWithoutParent:
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> bool:
+        if isinstance(exc, RuntimeError) and "parent run id" in str(exc):
+            logger.debug("no parent run: tidal_step event skipped")
+            self.sent = False
+            return True
+        return False
 
 
 def dispatch_step_event(
     record: StepRecord | dict[str, Any], config: RunnableConfig | None = None
 ) -> bool:
     """Send `record` to the callbacks of the current run; False if there is none."""
-    try:
+    with _SkipWithoutParent() as outcome:
         dispatch_custom_event(STEP_EVENT, _payload(record), config=config)
-    except RuntimeError as exc:
-        if not _no_parent(exc):
-            raise
-        logger.debug("no parent run: tidal_step event skipped")
-        return False
-    return True
+    return outcome.sent
 
 
 async def adispatch_step_event(
     record: StepRecord | dict[str, Any], config: RunnableConfig | None = None
 ) -> bool:
     """Async `dispatch_step_event` (async callback handlers are awaited)."""
-    try:
+    with _SkipWithoutParent() as outcome:
         await adispatch_custom_event(STEP_EVENT, _payload(record), config=config)
-    except RuntimeError as exc:
-        if not _no_parent(exc):
-            raise
-        logger.debug("no parent run: tidal_step event skipped")
-        return False
-    return True
+    return outcome.sent

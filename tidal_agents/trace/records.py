@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict
 
 from tidal_agents.allocation.controller import StepDecision
 from tidal_agents.allocation.features import StepFeatures
-from tidal_agents.types import StrategyResult
+from tidal_agents.types import CostRecord, StrategyResult
 
 
 class Spent(BaseModel):
@@ -26,6 +26,12 @@ class Spent(BaseModel):
     #: remote fleets: replicas that answered; requests retried on another replica
     servers: tuple[str, ...] = ()
     engine_retries: int = 0
+
+    @classmethod
+    def from_cost(cls, cost: CostRecord) -> Spent:
+        """The recorded part of a strategy's cost: every `CostRecord` field but
+        ``cut_short``, which the step record carries itself."""
+        return cls.model_validate({name: getattr(cost, name) for name in cls.model_fields})
 
 
 class TraceEvent(BaseModel):
@@ -119,18 +125,9 @@ class StepRecord(BaseModel):
         cut_short = False
         strategy, n = decision.config.name, decision.config.n
         if result is not None:
-            c = result.cost
-            spent = Spent(
-                prompt_tokens=c.prompt_tokens,
-                cached_prompt_tokens=c.cached_prompt_tokens,
-                generated_tokens=c.generated_tokens,
-                engine_calls=c.engine_calls,
-                wall_s=c.wall_s,
-                servers=c.servers,
-                engine_retries=c.engine_retries,
-            )
+            spent = Spent.from_cost(result.cost)
             selection = _jsonable(result.details)
-            cut_short = c.cut_short
+            cut_short = result.cost.cut_short
             strategy, n = result.config.name, result.config.n
         return cls(
             episode_id=episode_id,
