@@ -344,7 +344,8 @@ def parse_reply(
     free text that merely looks like a call (prompt injection, a model imitating
     markup) stays content. With `tools`, a call must also name one of them and
     carry arguments valid against its schema (defence in depth should a backend
-    not enforce the grammar); anything else is no call, kept as `invalid`.
+    not enforce the grammar); anything else is no call, kept as `invalid` and never
+    returned as content (a half-written call is not an answer).
     Never raises on any text.
     """
     if not isinstance(text, str):
@@ -364,12 +365,12 @@ def parse_reply(
             partial = None
         if isinstance(partial, dict) and isinstance(partial.get("answer"), str):
             return ParsedReply(partial["answer"], [], invalid=text)
-        return ParsedReply(text, [], invalid=text)
+        return ParsedReply("", [], invalid=text)
     if isinstance(obj, dict) and "answer" in obj and isinstance(obj["answer"], str):
         return ParsedReply(obj["answer"], [])
     raw_calls = obj.get("tool_calls") if isinstance(obj, dict) and "tool_calls" in obj else [obj]
     if not isinstance(raw_calls, list):
-        return ParsedReply(text, [], invalid=text)
+        return ParsedReply("", [], invalid=text)
     by_name = {s.name: s for s in tools} if tools is not None else None
     calls = []
     for c in raw_calls:
@@ -377,13 +378,13 @@ def parse_reply(
             raw_args = c.get("arguments")
             args: dict[str, Any] = raw_args if isinstance(raw_args, dict) else {}
             if by_name is not None and not _valid_call(by_name, c["name"], args):
-                return ParsedReply(text, [], invalid=text)
+                return ParsedReply("", [], invalid=text)
             calls.append(
                 {"name": c["name"], "args": args, "id": f"call_{uuid.uuid4().hex[:24]}",
                  "type": "tool_call"}
             )
     if not calls:
-        return ParsedReply(text, [], invalid=text)
+        return ParsedReply("", [], invalid=text)
     return ParsedReply("", calls)
 
 

@@ -312,3 +312,48 @@ def test_declared_episodes_are_shared_by_key_and_isolated_otherwise() -> None:
     assert episode_for_call({"thread_id": "t"}, registry, None) is None
     once = episode_for_call({"tidal_deadline_s": 30}, registry, None)
     assert once is not None and once is not first and len(registry) == 1
+
+
+# ------------------------------------------------------- no empty endings
+CUT_CALL = '{"name": "add", "argu'
+GOOD_CALL = '{"name": "add", "arguments": {"a": 2, "b": 3}}'
+BO4 = StrategyConfig("best_of_n", n=4, selector="tool_vote", max_tokens=16)
+
+
+def _greedy_rescues(request) -> list[str]:
+    """Sampled drafts are half-written calls; the greedy fallback writes a whole one."""
+    return [GOOD_CALL] if request.temperature == 0 else [CUT_CALL]
+
+
+def test_adaptive_steps_fall_back_to_greedy_when_nothing_usable_came_back() -> None:
+    engine = FakeEngine(replies=_greedy_rescues)
+    outcome = _run(_pipeline(engine, grid=(BO4,)), [HumanMessage("add 2 and 3")],
+                   tools=[ADD_TOOL])
+    (call,) = outcome.message.tool_calls
+    assert call["args"] == {"a": 2, "b": 3} and not outcome.message.invalid_tool_calls
+    assert outcome.record.selection["fallback"] == "greedy"
+    assert outcome.record.error is None
+    assert [r.n for r in engine.requests] == [4, 1]
+
+
+def test_a_fixed_strategy_never_falls_back_and_never_returns_a_fragment() -> None:
+    engine = FakeEngine(replies=_greedy_rescues)
+    outcome = _run(_pipeline(engine, strategy=BO4), [HumanMessage("add 2 and 3")],
+                   tools=[ADD_TOOL])
+    message = outcome.message
+    assert message.content == "" and not message.tool_calls
+    (invalid,) = message.invalid_tool_calls
+    assert invalid["args"] == CUT_CALL and "no usable reply" in (invalid["error"] or "")
+    assert outcome.record.error is not None and "no usable reply" in outcome.record.error
+    assert len(engine.requests) == 1
+
+
+def test_no_fallback_when_the_episode_has_no_time_left() -> None:
+    engine = FakeEngine(replies=_greedy_rescues)
+    with Episode(deadline_s=30, on_deadline="fallback") as episode:
+        episode.started -= 29.9  # the deadline is all but spent
+        outcome = _run(_pipeline(engine, grid=(BO4,)), [HumanMessage("add 2 and 3")],
+                       episode, tools=[ADD_TOOL])
+    assert outcome.record.selection["fallback"] == "skipped: no time left"
+    assert outcome.message.content == "" and outcome.message.invalid_tool_calls
+    assert len(engine.requests) == 1

@@ -107,7 +107,7 @@ def test_parse_reply() -> None:
     answer = tp.parse_reply('{"answer": "It is 3."}', True)
     assert answer.content == "It is 3." and not answer.tool_calls
     cut = tp.parse_reply('{"name": "add", "argu', True)
-    assert cut.invalid and not cut.tool_calls
+    assert cut.invalid and not cut.tool_calls and cut.content == ""
     cut_answer = tp.parse_reply('{"answer": "It is 8\\u00b0 and su', True)
     assert cut_answer.content == "It is 8\u00b0 and su" and cut_answer.invalid
     assert tp.parse_reply("plain", False).content == "plain"

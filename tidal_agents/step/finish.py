@@ -11,6 +11,7 @@ from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage, ToolMessage
 from langchain_core.messages.ai import UsageMetadata
+from langchain_core.messages.tool import InvalidToolCall
 
 from tidal_agents import tool_protocol as tp
 from tidal_agents.allocation import StepFeatures
@@ -109,13 +110,24 @@ def to_message(
     decision: StepDecision,
     context: StepContext,
     model_name: str,
+    error: str | None = None,
 ) -> AIMessage:
-    """The step's reply, with usage and the decision in its response metadata."""
+    """The step's reply, with usage and the decision in its response metadata.
+
+    A reply that should have been a call but is not one (cut short, invalid) is an
+    `invalid_tool_calls` entry, never content."""
     cost = result.cost
     episode = context.episode
+    invalid = (
+        [InvalidToolCall(type="invalid_tool_call", name=None, args=parsed.invalid, id=None,
+                         error=error or "not a valid call of a bound tool")]
+        if parsed.invalid is not None and not parsed.tool_calls and not parsed.content
+        else []
+    )
     return AIMessage(
         content=parsed.content,
         tool_calls=parsed.tool_calls,
+        invalid_tool_calls=invalid,
         usage_metadata=usage_metadata(cost),
         response_metadata={
             "model_name": model_name,

@@ -15,10 +15,11 @@ from typing import Any
 from langchain_core.messages import AIMessage, BaseMessage
 
 from tidal_agents import tool_protocol as tp
-from tidal_agents.allocation import CostModel
+from tidal_agents.allocation import CostModel, StepFeatures
 from tidal_agents.allocation.predictor import AccuracyPredictor
 from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.episode import Episode, EpisodeRegistry, current_episode
+from tidal_agents.errors import TidalEngineError
 from tidal_agents.step.decide import AllocationSettings, decide_step, fit_config, step_grid
 from tidal_agents.step.execute import execute
 from tidal_agents.step.finish import (
@@ -110,16 +111,56 @@ class StepPipeline:
             result = prefer_complete(result)
         result, parsed = await self._parse(prepared, result, chosen, deadline)
         self.cost_model.update(chosen, features, result.cost)
+        if not has_usable_output(parsed) and allocation.strategy is None:
+            result, parsed = await self._fallback(prepared, features, result, parsed, episode)
+        error = None if has_usable_output(parsed) else no_usable_output_error(result)
         record = step_record(
-            context, decision, features, result, None,
+            context, decision, features, result, error,
             finish="tool_call" if parsed.tool_calls else "answer",
         )
         if episode is not None:
             episode.record(record)
         message = to_message(
-            parsed, result, chosen, decision, context, self.settings.model_name
+            parsed, result, chosen, decision, context, self.settings.model_name, error
         )
         return StepOutcome(message=message, record=record)
+
+    async def _fallback(
+        self,
+        prepared: PreparedStep,
+        features: StepFeatures,
+        result: StrategyResult,
+        parsed: tp.ParsedReply,
+        episode: Episode | None,
+    ) -> tuple[StrategyResult, tp.ParsedReply]:
+        """A short greedy decode when the chosen configuration left nothing usable
+        (cut short, or a half-written call), if the time left is predicted to fit it."""
+        greedy = StrategyConfig("single", temperature=0.0, max_tokens=prepared.max_tokens)
+        time_left = fallback_time_left(episode)
+        predicted = self.cost_model.predict(greedy, features).latency_s
+        if time_left is not None and predicted * self.cost_model.latency_headroom() > time_left:
+            details = {**result.details, "fallback": "skipped: no time left"}
+            return replace(result, details=details), parsed
+        deadline = None if time_left is None else time.monotonic() + time_left
+        try:
+            rescue = await execute(
+                self.engine, prepared.step_input(), greedy, deadline, None,
+                self.settings.max_retries,
+            )
+        except TidalEngineError as exc:
+            details = {**result.details, "fallback": f"failed: {exc}"}
+            return replace(result, details=details), parsed
+        self.cost_model.update(greedy, features, rescue.cost)
+        rescued = tp.parse_reply(
+            rescue.selected.text, prepared.tool_grammar, tools=prepared.callable_specs
+        )
+        merged = replace(
+            result,
+            selected=rescue.selected,
+            cost=result.cost.merged(rescue.cost),
+            details={**result.details, "fallback": greedy.name},
+        )
+        return merged, rescued
 
     async def _parse(
         self,
@@ -175,3 +216,25 @@ def episode_for_call(
     return registry.get_or_create(
         str(key), lambda: Episode.from_config(dict(configurable), grid=grid)
     )
+
+
+def has_usable_output(parsed: tp.ParsedReply) -> bool:
+    """A tool call, or non-empty content (parsing never leaves a protocol fragment
+    in the content)."""
+    return bool(parsed.tool_calls) or bool(parsed.content.strip())
+
+
+def no_usable_output_error(result: StrategyResult) -> str:
+    why = (
+        "cut short at its allowance" if result.cost.cut_short
+        else f"finished with {result.selected.finish_reason!r}"
+    )
+    return f"no usable reply: the step was {why} with no complete answer or tool call"
+
+
+def fallback_time_left(episode: Episode | None) -> float | None:
+    """Seconds a fallback decode may take: the episode's time above its safety
+    margin (None: no episode, no limit)."""
+    if episode is None:
+        return None
+    return max(episode.remaining_s() - episode.safety_margin_s, 0.0)

@@ -1,0 +1,60 @@
+"""The one definition of a usable reply, and the four episode outcomes."""
+
+from __future__ import annotations
+
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+
+from tidal_agents.trace.outcomes import (
+    classify_episode,
+    is_protocol_fragment,
+    is_usable_reply,
+    outcome_rates,
+)
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["{", '{"', '{"name', '{"name": "add", "argu', '{"answer": "84"}', '[{"name": "x"}]',
+     ' {"tool_calls": []} '],
+)
+def test_tool_protocol_fragments_are_recognised(text: str) -> None:
+    assert is_protocol_fragment(text)
+
+
+@pytest.mark.parametrize(
+    "text", ["84", "The answer is 84.", '{"city": "Bern"}', "[1, 2]", "{not json at the start"]
+)
+def test_answers_are_not_fragments(text: str) -> None:
+    assert is_protocol_fragment(text) is (text == "{not json at the start")
+
+
+def test_a_usable_reply_is_an_ai_message_with_real_content() -> None:
+    assert is_usable_reply(AIMessage("84"))
+    assert is_usable_reply(AIMessage([{"type": "text", "text": "84"}]))
+    assert not is_usable_reply(AIMessage(""))
+    assert not is_usable_reply(AIMessage("   "))
+    assert not is_usable_reply(AIMessage('{"name'))
+    assert not is_usable_reply(
+        AIMessage("", invalid_tool_calls=[{"type": "invalid_tool_call", "name": None,
+                                            "args": '{"na', "id": None, "error": "cut"}])
+    )
+    assert not is_usable_reply(HumanMessage("84"))
+    assert not is_usable_reply(None)
+
+
+def test_episode_outcomes_split_four_ways() -> None:
+    assert classify_episode(AIMessage("84"), 3.9, 4.0, raised=False) == "usable"
+    assert classify_episode(AIMessage("{"), 3.9, 4.0, raised=False) == "no_usable_reply"
+    assert classify_episode(None, 1.0, 4.0, raised=True) == "error"
+    assert classify_episode(AIMessage("84"), 4.01, 4.0, raised=False) == "over_deadline"
+    assert classify_episode(None, 4.5, 4.0, raised=True) == "over_deadline"
+
+
+def test_outcome_rates_sum_to_one() -> None:
+    rates = outcome_rates(["usable", "usable", "error", "no_usable_reply"])
+    assert rates == {
+        "usable_within_deadline_rate": 0.5, "no_usable_reply_rate": 0.25,
+        "error_rate": 0.25, "over_deadline_rate": 0.0,
+    }
+    assert set(outcome_rates([]).values()) == {None}
