@@ -22,6 +22,7 @@ demo: install
 	$(VENV)/bin/tidal-agents demo
 
 test: install
+	$(VENV)/bin/lint-imports
 	$(VENV)/bin/tidal-agents model prepare
 	$(PY) -m pytest -q -rs tests
 
@@ -31,6 +32,7 @@ test-fast: install
 lint: install
 	$(VENV)/bin/ruff check tidal_agents integrations tests examples
 	$(VENV)/bin/mypy tidal_agents
+	$(VENV)/bin/lint-imports
 
 bench: install
 	$(VENV)/bin/tidal-agents bench engine --json
