@@ -7,14 +7,17 @@ of them can name these types without importing a layer above it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from tidal_agents.errors import TidalConfigError
+from tidal_agents.validation import check_bool, check_choice, check_int, check_number
 
 StrategyName = Literal["single", "best_of_n", "beam", "vllm_beam"]
 SelectorName = Literal["first", "majority", "confidence", "tool_vote", "scorer"]
 #: how final answers are extracted and compared when voting
 AnswerKind = Literal["text", "math", "tool_call"]
+STRATEGY_NAMES: tuple[str, ...] = get_args(StrategyName)
+SELECTOR_NAMES: tuple[str, ...] = get_args(SelectorName)
 
 
 @dataclass(frozen=True)
@@ -41,18 +44,22 @@ class StrategyConfig:
     expansions: int = 2
 
     def __post_init__(self) -> None:
-        if self.strategy not in ("single", "best_of_n", "beam", "vllm_beam"):
-            raise TidalConfigError(
-                f"strategy={self.strategy!r}: allowed are single, best_of_n, beam, vllm_beam."
-            )
-        if not isinstance(self.n, int) or self.n < 1:
-            raise TidalConfigError(f"n={self.n!r}: allowed is an integer >= 1.")
+        self.verify()
+
+    def verify(self) -> None:
+        """Raise TidalConfigError naming the first invalid field and its allowed values."""
+        check_choice("strategy", self.strategy, STRATEGY_NAMES)
+        check_int("n", self.n, lo=1)
         if self.strategy == "single" and self.n != 1:
-            raise TidalConfigError("strategy 'single' takes n=1; use best_of_n for more samples.")
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise TidalConfigError(f"max_tokens={self.max_tokens!r}: allowed is an integer >= 1.")
-        if not isinstance(self.expansions, int) or self.expansions < 1:
-            raise TidalConfigError(f"expansions={self.expansions!r}: allowed is an integer >= 1.")
+            raise TidalConfigError(
+                f"n={self.n!r}: allowed is 1 with strategy 'single'; use best_of_n for more "
+                "samples."
+            )
+        check_choice("selector", self.selector, SELECTOR_NAMES)
+        check_int("max_tokens", self.max_tokens, lo=1)
+        check_number("temperature", self.temperature, lo=0)
+        check_bool("adaptive", self.adaptive)
+        check_int("expansions", self.expansions, lo=1)
 
     @property
     def name(self) -> str:
