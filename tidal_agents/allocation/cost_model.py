@@ -70,8 +70,8 @@ class CostParams:
     lightly loaded (12 requests, R^2 0.97, mean relative error 6%): 61 ms per
     call, 0.81 ms per prefilled token, 26.4 ms per decode step + 1.8 ms per live
     sequence per step. That is n=1 x 64 tokens ~1.9 s and n=8 ~2.7 s, in line
-    with FINDINGS section 3 (eager: 1.8 s and 2.1-3.1 s). With other engines
-    sharing the two cores, calibration measured 2-4x these figures; the online
+    with docs/design-notes.md, 'CPU engine settings' (eager: 1.8 s and 2.1-3.1 s).
+    With other engines sharing the two cores, calibration measured 2-4x these figures; the online
     load factor absorbs such contention.
     """
 

@@ -3,7 +3,8 @@
 Everything here is computed from the prompt text and the agent's state in
 microseconds; nothing calls the model. The accuracy probe of the paper used
 hidden states; we start from surface features so that a decision costs well
-under a millisecond (see FINDINGS section 1).
+under a millisecond (see docs/design-notes.md, 'Surface features instead of
+hidden states').
 """
 
 from __future__ import annotations
@@ -115,7 +116,8 @@ class StepFeatures:
     """Digit characters in the query."""
     max_number_digits: int = 0
     """Length of the longest digit run (3-digit sums are much harder than 1-digit
-    ones for a small model: FINDINGS section 4)."""
+    ones for a small model: docs/design-notes.md, 'The embedded model's
+    arithmetic')."""
     numbers: int = 0
     """Count of digit runs."""
     has_math_ops: bool = False
@@ -127,7 +129,8 @@ class StepFeatures:
     add_cues: int = 0
     """How often the query asks for addition, by symbol between operands ("3 + 4")
     or by everyday word ("plus", "total", "more"). A small model's accuracy, and
-    what extra samples buy, differ by operation (FINDINGS section 4); the other
+    what extra samples buy, differ by operation (docs/design-notes.md, 'The
+    embedded model's arithmetic'); the other
     three operations have their own counts."""
     sub_cues: int = 0
     """Subtraction cues, as `add_cues`: "9 - 2", "minus", "left", "fewer"."""

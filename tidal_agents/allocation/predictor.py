@@ -55,14 +55,15 @@ _ALPHA = {"majority": 0.35, "confidence": 0.4, "tool_vote": 0.35, "scorer": 0.45
 class PriorAccuracyPredictor:
     """p(N) = 1 - (1 - p1) ** (N_eff ** alpha): more samples help, less and less.
 
-    p1 (one sample's accuracy) starts from a per-kind base and drops with
-    difficulty cues: long numbers (FINDINGS section 4: a 135M model does 1-digit
-    sums at 0.3, 3-digit at 0.0), arithmetic, long questions, many tools, past
-    tool errors; it is clamped to [0.02, 0.95]. A sampled single answer
-    (temperature > 0) is slightly worse than greedy. N_eff is n for best_of_n and
-    n * expansions for beam search. alpha depends on the selector ("first" gains
-    nothing from extra samples). Truncation: when max_tokens is below the step's
-    expected output length, accuracy scales by (max_tokens / expected) ** 0.5.
+    p1 (one sample's accuracy) starts from a per-kind base and drops with difficulty
+    cues: long numbers (a 135M model does 1-digit sums at 0.3, 3-digit at 0.0:
+    docs/design-notes.md, 'The embedded model's arithmetic'), arithmetic, long
+    questions, many tools, past tool errors; it is clamped to [0.02, 0.95]. A
+    sampled single answer (temperature > 0) is slightly worse than greedy. N_eff is
+    n for best_of_n and n * expansions for beam search. alpha depends on the
+    selector ("first" gains nothing from extra samples). Truncation: when max_tokens
+    is below the step's expected output length, accuracy scales by
+    (max_tokens / expected) ** 0.5.
     """
 
     kind: str = "prior"

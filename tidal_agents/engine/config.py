@@ -33,9 +33,10 @@ class EngineConfig(BaseModel):
     """Arguments of the in-process vLLM engine.
 
     ``None`` means "pick for this hardware": on CPU the settings measured in
-    shared/notes/FINDINGS.md section 3 (eager mode: same decode speed, 4x faster
-    start; bfloat16; all cores; 1 GiB of KV cache; chunked prefill off, which
-    keeps per-request seeds safe), on GPU vLLM's own defaults.
+    docs/design-notes.md, 'CPU engine settings' (eager mode: same decode speed,
+    4x faster start; bfloat16; all cores; 1 GiB of KV cache; chunked prefill off,
+    which keeps per-request seeds safe: 'Chunked prefill and seeds'), on GPU
+    vLLM's own defaults.
     Anything else vLLM's ``AsyncEngineArgs`` accepts goes in ``engine_args``.
 
     Every field is checked when the object is built (strictly: no bool for an
@@ -132,7 +133,8 @@ class EngineConfig(BaseModel):
             )
         if cpu:
             # A seeded request that is only partly prefilled in a chunked batch
-            # crashes the CPU engine (FINDINGS section 3): prefill whole prompts.
+            # crashes the CPU engine (docs/design-notes.md, 'Chunked prefill and
+            # seeds'): prefill whole prompts.
             args["enable_chunked_prefill"] = False
         args.update(self.engine_args)
         return args

@@ -152,8 +152,9 @@ class GenerationRequest:
         n: samples generated in one engine request (they share the prompt's KV cache).
         temperature: 0 means greedy.
         top_p: nucleus mass in (0, 1].
-        seed: per-request seed (see FINDINGS: unsafe with chunked prefill on CPU;
-            the local engine disables chunked prefill there).
+        seed: per-request seed (unsafe with chunked prefill on CPU, so the local
+            engine disables chunked prefill there; see docs/design-notes.md,
+            'Chunked prefill and seeds').
         max_tokens: new tokens per sample, at least 1.
         stop: stop strings (not included in the output).
         logprobs: None for none; k >= 0 returns the sampled token's log-prob plus

