@@ -4,13 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
 from langchain.agents import create_agent
 from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.tools import tool
 
 from tidal_agents.episode import current_episode
-from tidal_agents.integrations.langchain_middleware import TidalEpisodeMiddleware
+from tidal_agents.errors import TidalConfigError
+from tidal_agents.integrations.langchain_middleware import (
+    TidalEpisodeMiddleware,
+    ToolFirstMiddleware,
+)
 
 
 @tool
@@ -30,9 +35,22 @@ class RecordingModel(GenericFakeChatModel):
         return super()._generate(messages, stop, run_manager, **kw)
 
 
+def _call(i: int) -> AIMessage:
+    return AIMessage("", tool_calls=[{"name": "add", "args": {"a": i, "b": 2}, "id": f"c{i}"}])
+
+
 def _model() -> RecordingModel:
-    call = AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}])
-    return RecordingModel(messages=iter([call, AIMessage("3")]), seen=[])
+    return RecordingModel(messages=iter([_call(1), AIMessage("3")]), seen=[])
+
+
+class ChoiceModel(RecordingModel):
+    """Records the tool_choice of every bind_tools call."""
+
+    choices: list[Any] = []
+
+    def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
+        self.choices.append(kwargs.get("tool_choice"))
+        return self
 
 
 def test_each_invocation_gets_its_own_episode() -> None:
@@ -52,42 +70,18 @@ def test_each_invocation_gets_its_own_episode() -> None:
 
 
 def test_tool_first_forces_a_call_only_before_the_first_result() -> None:
-    from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
-
-    choices: list[Any] = []
-
-    class ChoiceModel(RecordingModel):
-        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-            choices.append(kwargs.get("tool_choice"))
-            return self
-
-    call = AIMessage("", tool_calls=[{"name": "add", "args": {"a": 1, "b": 2}, "id": "c1"}])
-    model = ChoiceModel(messages=iter([call, AIMessage("3")]), seen=[])
+    model = ChoiceModel(messages=iter([_call(1), AIMessage("3")]), seen=[], choices=[])
     agent = create_agent(model=model, tools=[add], middleware=[ToolFirstMiddleware()])
     agent.invoke({"messages": [("user", "1+2?")]})
-    assert choices[0] == "any" and choices[1] in (None, "auto")
+    assert model.choices[0] == "any" and model.choices[1] in (None, "auto")
 
 
 def test_tool_first_with_a_call_budget_forces_the_answer() -> None:
-    import pytest
-
-    from tidal_agents.errors import TidalConfigError
-    from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
-
-    choices: list[Any] = []
-
-    class ChoiceModel(RecordingModel):
-        def bind_tools(self, tools: Any, **kwargs: Any) -> Any:
-            choices.append(kwargs.get("tool_choice"))
-            return self
-
-    def call(i: int) -> AIMessage:
-        return AIMessage("", tool_calls=[{"name": "add", "args": {"a": i, "b": 2}, "id": f"c{i}"}])
-
-    model = ChoiceModel(messages=iter([call(1), call(2), AIMessage("4")]), seen=[])
+    model = ChoiceModel(messages=iter([_call(1), _call(2), AIMessage("4")]), seen=[], choices=[])
     agent = create_agent(model=model, tools=[add],
                          middleware=[ToolFirstMiddleware(max_tool_calls=2)])
     out = agent.invoke({"messages": [("user", "1+2, then 2+2?")]})
+    choices = model.choices
     assert choices == ["any", None, "none"] or choices == ["any", "auto", "none"]
     assert out["messages"][-1].content == "4"
     for bad in (0, -1, True, 1.5, "2"):
