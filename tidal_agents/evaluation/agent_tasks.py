@@ -12,9 +12,11 @@ not have said it).
 
 from __future__ import annotations
 
+import functools
 import math
 import random
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -61,8 +63,11 @@ TOOL_FUNCTIONS: dict[str, Callable[..., float]] = {
 }
 
 
-def langchain_tools(names: tuple[str, ...] | None = None) -> list[Any]:
-    """The tools as LangChain tools (errors go back to the model as tool messages)."""
+def langchain_tools(names: tuple[str, ...] | None = None, delay_s: float = 0.0) -> list[Any]:
+    """The tools as LangChain tools (errors go back to the model as tool messages).
+
+    `delay_s`: each call sleeps this long first, like a tool that waits on a service.
+    """
     from langchain_core.tools import StructuredTool
 
     chosen = names or tuple(TOOL_FUNCTIONS)
@@ -70,9 +75,23 @@ def langchain_tools(names: tuple[str, ...] | None = None) -> list[Any]:
     if unknown:
         raise TidalConfigError(f"unknown tools {unknown}; allowed: {sorted(TOOL_FUNCTIONS)}.")
     return [
-        StructuredTool.from_function(TOOL_FUNCTIONS[n], name=n, handle_tool_error=True)
+        StructuredTool.from_function(
+            _slowed(TOOL_FUNCTIONS[n], delay_s), name=n, handle_tool_error=True
+        )
         for n in chosen
     ]
+
+
+def _slowed(fn: Callable[..., Any], delay_s: float) -> Callable[..., Any]:
+    if delay_s <= 0:
+        return fn
+
+    @functools.wraps(fn)
+    def slow(*args: Any, **kwargs: Any) -> Any:
+        time.sleep(delay_s)
+        return fn(*args, **kwargs)
+
+    return slow
 
 
 @dataclass(frozen=True)

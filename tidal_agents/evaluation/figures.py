@@ -210,3 +210,22 @@ def allocation_figures(
     out["adaptive_max_accuracy"] = float(adaptive[:, 0].max())
     out["_arrays"] = (static, names, adaptive, oracle)
     return out
+
+
+def paired_difference(
+    a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0
+) -> dict[str, Any]:
+    """mean(a - b) over paired items, with a bootstrap 95% interval over the items."""
+    x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
+    if x.shape != y.shape:
+        raise TidalConfigError(f"paired samples differ in length: {x.shape} vs {y.shape}.")
+    if len(x) == 0:
+        return {"difference": None, "ci95": None, "pairs": 0}
+    diff = x - y
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, len(diff), size=(resamples, len(diff)))].mean(axis=1)
+    return {
+        "difference": float(diff.mean()),
+        "ci95": [float(np.percentile(means, 2.5)), float(np.percentile(means, 97.5))],
+        "pairs": int(len(diff)),
+    }
