@@ -8,7 +8,6 @@ This module adapts LangChain's entry points to the step pipeline
 from __future__ import annotations
 
 import contextlib
-import math
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from operator import itemgetter
@@ -58,12 +57,12 @@ from tidal_agents.step import (
     AllocationSettings,
     StepPipeline,
     StepSettings,
-    check_stop,
     episode_for_call,
     parse_call_options,
 )
 from tidal_agents.trace.events import STEP_EVENT
 from tidal_agents.types import StrategyConfig
+from tidal_agents.validation import check_number, check_stop
 
 #: episodes declared through RunnableConfig, by id or thread; the oldest are dropped
 _CONFIG_EPISODES = EpisodeRegistry(max_size=256)
@@ -128,14 +127,9 @@ class TidalChatModel(BaseChatModel):
 
     @model_validator(mode="after")
     def _validate(self) -> TidalChatModel:
-        for name in ("lambda_tokens", "lambda_latency"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise TidalConfigError(f"{name}={value!r}: allowed is a finite number >= 0.")
-        if self.temperature is not None and (
-            not math.isfinite(self.temperature) or self.temperature < 0
-        ):
-            raise TidalConfigError(f"temperature={self.temperature!r}: allowed is >= 0.")
+        check_number("lambda_tokens", self.lambda_tokens, lo=0)
+        check_number("lambda_latency", self.lambda_latency, lo=0)
+        check_number("temperature", self.temperature, lo=0, allow_none=True)
         if self.base_url is not None:
             urls = [self.base_url] if isinstance(self.base_url, str) else self.base_url
             if not urls or not all(u.startswith(("http://", "https://")) for u in urls):

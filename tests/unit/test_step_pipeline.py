@@ -24,9 +24,10 @@ from tidal_agents.step.decide import (
 from tidal_agents.step.execute import execute
 from tidal_agents.step.finish import prefer_complete, repeats_answered_call, usage_metadata
 from tidal_agents.step.pipeline import StepPipeline, StepSettings, episode_for_call
-from tidal_agents.step.prepare import check_stop, parse_call_options, prepare_step
+from tidal_agents.step.prepare import parse_call_options, prepare_step
 from tidal_agents.strategies.base import StepInput
 from tidal_agents.types import Candidate, CostRecord, StrategyConfig, StrategyResult
+from tidal_agents.validation import check_stop
 
 ADD_TOOL = {
     "type": "function",

@@ -9,7 +9,7 @@ from tidal_agents.step.decide import AllocationSettings
 from tidal_agents.step.execute import HANG_GRACE_S
 from tidal_agents.step.finish import PROVIDER
 from tidal_agents.step.pipeline import StepOutcome, StepPipeline, StepSettings, episode_for_call
-from tidal_agents.step.prepare import TIDAL_KEYS, CallOptions, check_stop, parse_call_options
+from tidal_agents.step.prepare import TIDAL_KEYS, CallOptions, parse_call_options
 
 __all__ = [
     "HANG_GRACE_S",
@@ -20,7 +20,6 @@ __all__ = [
     "StepOutcome",
     "StepPipeline",
     "StepSettings",
-    "check_stop",
     "episode_for_call",
     "parse_call_options",
 ]

@@ -55,16 +55,6 @@ def parse_call_options(kwargs: Mapping[str, Any]) -> CallOptions:
     )
 
 
-def check_stop(stop: Any) -> tuple[str, ...]:
-    """A stop string or list of them, as a tuple (TidalConfigError otherwise)."""
-    items = (stop,) if isinstance(stop, str) else stop
-    if not isinstance(items, (list, tuple)) or not all(isinstance(s, str) and s for s in items):
-        raise TidalConfigError(
-            f"stop={stop!r}: allowed is a string or a list of non-empty strings."
-        )
-    return tuple(items)
-
-
 @dataclass(frozen=True)
 class PreparedStep:
     """A step ready to decide on and run."""
