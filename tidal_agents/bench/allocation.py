@@ -186,12 +186,21 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
     return result
 
 
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tidal-agents bench allocation`'s options."""
+    parser.add_argument("--outcomes", type=Path, nargs="*", default=None,
+                        help="outcome JSONL(.gz) files (default: the committed outcomes, "
+                        "with the shipped predictor)")
+    parser.add_argument("--plot-dir", type=Path, default=None,
+                        help="where to save the Pareto plots (default: under $TIDAL_AGENTS_HOME)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a coarser lambda grid (12 x 12 instead of 30 x 30)")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Standalone: ``python -m tidal_agents.bench.allocation [--outcomes F ...] [--plot-dir D]``."""
     p = argparse.ArgumentParser(prog="bench allocation")
-    p.add_argument("--outcomes", type=Path, nargs="*", default=None)
-    p.add_argument("--plot-dir", type=Path, default=None)
-    p.add_argument("--quick", action="store_true")
+    add_arguments(p)
     args = p.parse_args(argv)
     print(json.dumps(run(None, args), indent=2))
     return 0

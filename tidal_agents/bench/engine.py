@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import time
 from typing import Any
@@ -43,6 +44,16 @@ async def _measure(engine: LocalVLLMEngine, max_tokens: int, repeats: int) -> di
         "n8_wall_s": sum(n8_walls) / repeats,
         "sequential_8x_n1_wall_s": sum(seq_walls) / repeats,
     }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tidal-agents bench engine`'s options."""
+    parser.add_argument("--max-tokens", type=int, default=64,
+                        help="tokens per sample (every sample generates exactly this many)")
+    parser.add_argument(
+        "--remote", default=None, metavar="URL",
+        help="compare a `vllm serve` at URL ('auto': start one here) with the in-process engine",
+    )
 
 
 def run(

@@ -16,6 +16,7 @@ one `TidalChatModel`, so one engine). Each episode has its own deadline and runs
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import time
@@ -102,6 +103,15 @@ def run_load(model: Any, levels: Sequence[int] = LEVELS, deadline_s: float = 60.
         return out
 
     return asyncio.run(all_levels())
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tidal-agents bench load`'s options."""
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per sample")
+    parser.add_argument("--quick", action="store_true",
+                        help=f"concurrency levels {QUICK_LEVELS} instead of {LEVELS}")
+    parser.add_argument("--deadline", type=float, default=None,
+                        help="each episode's deadline, seconds (default 60)")
 
 
 def run(config: Any = None, args: Any = None) -> dict[str, Any]:

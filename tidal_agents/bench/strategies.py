@@ -23,6 +23,7 @@ Figures (one engine, one run, repeats interleaved so load drifts hit both sides)
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import statistics
 import time
@@ -236,6 +237,12 @@ async def _measure(engine: LocalVLLMEngine, max_tokens: int, quick: bool) -> dic
         "beam_speedup_vs_vllm>=5": figures["beam_speedup_vs_vllm"] >= 5,
     }
     return figures
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`tidal-agents bench strategies`' options."""
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per sample")
+    parser.add_argument("--quick", action="store_true", help="fewer items (for smoke tests)")
 
 
 def run(config: EngineConfig | None = None, args: Any = None) -> dict[str, Any]:
