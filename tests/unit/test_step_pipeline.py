@@ -358,3 +358,17 @@ def test_no_fallback_when_the_episode_has_no_time_left() -> None:
     assert outcome.record.selection["fallback"] == "skipped: no time left"
     assert outcome.message.content == "" and outcome.message.invalid_tool_calls
     assert len(engine.requests) == 1
+
+
+def test_the_loop_guard_also_checks_the_fallbacks_reply() -> None:
+    call = {"name": "add", "args": {"a": 2, "b": 3}, "id": "c1"}
+    history = [
+        HumanMessage("add 2 and 3"), AIMessage("", tool_calls=[call]),
+        ToolMessage("5", tool_call_id="c1"),
+    ]
+    replies = iter([CUT_CALL] * 4 + [GOOD_CALL, '{"answer": "5"}'])
+    engine = FakeEngine(replies=lambda request: [next(replies) for _ in range(request.n)])
+    outcome = _run(_pipeline(engine, grid=(BO4,)), history, tools=[ADD_TOOL])
+    assert outcome.message.content == "5" and not outcome.message.tool_calls
+    assert outcome.record.selection["fallback"] == "greedy"
+    assert outcome.record.selection["loop_guard"] is True

@@ -151,14 +151,12 @@ class StepPipeline:
             details = {**result.details, "fallback": f"failed: {exc}"}
             return replace(result, details=details), parsed
         self.cost_model.update(greedy, features, rescue.cost)
-        rescued = tp.parse_reply(
-            rescue.selected.text, prepared.tool_grammar, tools=prepared.callable_specs
-        )
+        rescue, rescued = await self._parse(prepared, rescue, greedy, deadline)
         merged = replace(
             result,
             selected=rescue.selected,
             cost=result.cost.merged(rescue.cost),
-            details={**result.details, "fallback": greedy.name},
+            details={**result.details, **rescue.details, "fallback": greedy.name},
         )
         return merged, rescued
 
