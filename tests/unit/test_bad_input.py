@@ -239,7 +239,7 @@ def test_any_configurable_value_is_an_episode_or_a_config_error(value: Any, key:
         ({"lambda_tokens": math.nan}, r"lambda_tokens=nan: allowed is a finite number >= 0"),
         ({"lambda_latency": math.inf}, r"lambda_latency=inf: allowed is a finite number >= 0"),
         ({"lambda_tokens": -1}, r"lambda_tokens=-1"),
-        ({"temperature": -1}, r"temperature=-1.0: allowed is >= 0"),
+        ({"temperature": -1}, r"temperature=-1.0: allowed is None or a finite number >= 0"),
         ({"temperature": math.nan}, r"temperature=nan"),
         ({"max_tokens": 0}, r"max_tokens\n.*greater than or equal to 1"),
         ({"max_tokens": -5}, r"max_tokens\n.*greater than or equal to 1"),
@@ -513,7 +513,7 @@ def test_with_bound_tools_a_call_must_name_one_with_valid_arguments() -> None:
                 '{"tool_calls": [{"name": "search", "arguments": {"q": "x"}},'
                 ' {"name": "delete_all", "arguments": {}}]}'):
         parsed = tp.parse_reply(bad, True, tools=specs)
-        assert parsed.tool_calls == [] and parsed.invalid == bad
+        assert parsed.tool_calls == [] and parsed.invalid == bad and parsed.content == ""
 
 
 @pytest.mark.parametrize(
