@@ -36,6 +36,8 @@ from tidal_agents.allocation.cost_model import (
 )
 from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.engine.types import Engine, GenerationRequest
+from tidal_agents.strategies import run_strategy
+from tidal_agents.strategies.base import StepInput
 from tidal_agents.types import StrategyConfig
 
 logger = logging.getLogger(__name__)
@@ -165,13 +167,7 @@ def fit_params(
 async def _beam_factors(
     engine: Engine, model: CostModel, widths: Sequence[int]
 ) -> dict[str, float]:
-    """Measured / predicted latency of step beam search (needs the strategies package)."""
-    try:
-        from tidal_agents.strategies import run_strategy  # type: ignore[attr-defined]
-        from tidal_agents.strategies.base import StepInput
-    except ImportError:  # pragma: no cover - the strategies package ships with us
-        logger.info("strategies.run_strategy not available: beam search not calibrated")
-        return {}
+    """Measured / predicted latency of step beam search, per width."""
     factors: dict[str, float] = {}
     for w in widths:
         config = StrategyConfig(strategy="beam", n=w, max_tokens=48, temperature=0.8)
