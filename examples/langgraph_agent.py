@@ -7,27 +7,12 @@ from __future__ import annotations
 
 from typing import Any
 
+from calculator_tools import TOOLS
 from langchain_core.messages import AIMessage, ToolMessage
-from langchain_core.tools import tool
 from langgraph.graph import END, START, MessagesState, StateGraph
 from langgraph.prebuilt import ToolNode
 
 from tidal_agents import TidalChatModel, episode_config
-
-
-@tool
-def multiply(a: float, b: float) -> float:
-    """Multiply two numbers."""
-    return a * b
-
-
-@tool
-def km_to_miles(km: float) -> float:
-    """Convert a distance in kilometres to miles."""
-    return round(km * 0.621371, 3)
-
-
-TOOLS = [multiply, km_to_miles]
 
 
 def build_graph(model: TidalChatModel) -> Any:

@@ -1,8 +1,9 @@
-"""Test doubles shared by the unit tests: one engine without vLLM, one clock.
+"""Test doubles shared by the tests: one engine without vLLM, one clock, one tool.
 
 `FakeEngine` implements the `Engine` protocol of `tidal_agents.engine.types` with
 scripted replies, injected failures, hangs and slow replies, so a step can be
-tested without a model. `FakeClock` is a manual clock for episodes.
+tested without a model. `FakeClock` is a manual clock for episodes. `ADD_TOOL`
+is an OpenAI-format tool definition.
 """
 
 from __future__ import annotations
@@ -28,6 +29,19 @@ FAKE_VOCAB_SIZE = 2**31
 FAKE_EOS_ID = 0
 #: the log-prob every generated token gets when log-probs are requested
 FAKE_LOGPROB = -0.1
+#: an OpenAI-format tool definition (what `bind_tools` and the server accept)
+ADD_TOOL: dict[str, Any] = {
+    "type": "function",
+    "function": {
+        "name": "add",
+        "description": "Add two integers.",
+        "parameters": {
+            "type": "object",
+            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
+            "required": ["a", "b"],
+        },
+    },
+}
 # A piece is a word with the whitespace before it, or trailing whitespace on its
 # own, so joining a text's pieces gives the text back exactly.
 _PIECE = re.compile(r"\s*\S+|\s+")
@@ -122,32 +136,15 @@ class FakeEngine:
         self.delay_s = delay_s
         self.requests: list[GenerationRequest] = []
         self.started = False
-        self._max_model_len = max_model_len
-        self._tokenizer = FakeTokenizer()
+        self.model_name = "fake-model"
+        self.max_model_len = max_model_len
+        self.backend_id = "fake|test"
+        self.tokenizer = FakeTokenizer()
+        #: samples of the generate calls in progress (the engine's load)
+        self.in_flight_sequences = 0
         self._next_reply = 0
-        self._in_flight = 0
 
     # ------------------------------------------------------------ protocol
-    @property
-    def model_name(self) -> str:
-        return "fake-model"
-
-    @property
-    def max_model_len(self) -> int:
-        return self._max_model_len
-
-    @property
-    def backend_id(self) -> str:
-        return "fake|test"
-
-    @property
-    def tokenizer(self) -> FakeTokenizer:
-        return self._tokenizer
-
-    @property
-    def in_flight_sequences(self) -> int:
-        return self._in_flight
-
     def start(self) -> FakeEngine:
         self.started = True
         return self
@@ -155,10 +152,10 @@ class FakeEngine:
     def apply_chat_template(
         self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None
     ) -> str:
-        return self._tokenizer.apply_chat_template(messages, tools)
+        return self.tokenizer.apply_chat_template(messages, tools)
 
     def count_tokens(self, text: str) -> int:
-        return len(self._tokenizer.pieces(text))
+        return len(self.tokenizer.pieces(text))
 
     async def generate(
         self, request: GenerationRequest, on_token: TokenCallback | None = None
@@ -168,7 +165,7 @@ class FakeEngine:
         if call <= self.fail_times:
             raise TidalEngineError(f"injected fault: fake engine call {call} failed")
         started = time.perf_counter()
-        self._in_flight += request.n
+        self.in_flight_sequences += request.n
         try:
             if self.hang:
                 await asyncio.Event().wait()  # until cancelled, timeout or not
@@ -177,7 +174,7 @@ class FakeEngine:
             if waited > 0:
                 await asyncio.sleep(waited)
         finally:
-            self._in_flight -= request.n
+            self.in_flight_sequences -= request.n
         samples = tuple(
             self._sample(i, text, request, waited / self.delay_s if timed_out else 1.0)
             for i, text in enumerate(self._texts_for(request))
@@ -222,13 +219,13 @@ class FakeEngine:
         for stop in request.stop:
             if stop in text:
                 text = text[: text.index(stop)]
-        pieces = self._tokenizer.pieces(text)
+        pieces = self.tokenizer.pieces(text)
         if len(pieces) > request.max_tokens:
             pieces, reason = pieces[: request.max_tokens], "length"
         if done_fraction < 1.0:
             pieces, reason = pieces[: int(len(pieces) * done_fraction)], "timeout"
         text = "".join(pieces)
-        ids = tuple(self._tokenizer.encode(text))
+        ids = tuple(self.tokenizer.encode(text))
         logprobs: tuple[float, ...] = ()
         top: tuple[dict[int, float], ...] = ()
         if request.logprobs is not None:

@@ -161,10 +161,11 @@ def test_custom_events_reach_callbacks(model: TidalChatModel) -> None:
     assert len(seen) == 1 and "decision" in seen[0]
 
 
-def test_examples_run_end_to_end() -> None:
+def test_examples_run_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
     import importlib.util
 
     root = Path(__file__).resolve().parents[2] / "examples"
+    monkeypatch.syspath_prepend(str(root))  # as when an example runs as a script
     for name in ("calculator_agent", "langgraph_agent"):
         spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
         assert spec and spec.loader

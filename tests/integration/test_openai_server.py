@@ -10,6 +10,7 @@ from collections.abc import Iterator
 import httpx
 import openai
 import pytest
+from fakes import ADD_TOOL
 from pydantic import SecretStr
 
 from tidal_agents import TidalChatModel
@@ -21,18 +22,6 @@ from tidal_agents.integrations.openai_server import ServerSettings, create_app
 pytestmark = pytest.mark.engine
 
 KEY = "test-key-123"
-ADD_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 
 
 @pytest.fixture(scope="module")

@@ -28,74 +28,30 @@ _GREEDY = {**_STANDARD, "strategy": StrategyConfig("single", temperature=0.0, ma
 
 
 class TestTidalChatModelUnit(ChatModelUnitTests):
-    @property
-    def chat_model_class(self) -> type[TidalChatModel]:
-        return TidalChatModel
-
-    @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        return _STANDARD
+    chat_model_class = TidalChatModel
+    standard_chat_model_params = _STANDARD
 
 
 @pytest.mark.engine
 class TestTidalChatModelIntegration(ChatModelIntegrationTests):
-    @property
-    def chat_model_class(self) -> type[TidalChatModel]:
-        return TidalChatModel
-
-    @property
-    def standard_chat_model_params(self) -> dict[str, Any]:
-        return _GREEDY
-
-    @property
-    def has_tool_choice(self) -> bool:
-        return True
-
-    @property
-    def has_structured_output(self) -> bool:
-        return True
-
-    @property
-    def supports_json_mode(self) -> bool:
-        return True
-
-    @property
-    def supported_usage_metadata_details(self) -> dict[str, list[Any]]:
-        return {"invoke": ["cache_read_input"], "stream": ["cache_read_input"]}
-
+    chat_model_class = TidalChatModel
+    standard_chat_model_params = _GREEDY
+    has_tool_choice = True
+    has_structured_output = True
+    supports_json_mode = True
+    supported_usage_metadata_details = {
+        "invoke": ["cache_read_input"], "stream": ["cache_read_input"]
+    }
     # Text-only models: these input kinds do not exist here.
-    @property
-    def supports_image_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_image_urls(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_audio_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_video_inputs(self) -> bool:
-        return False
-
-    @property
-    def supports_image_tool_message(self) -> bool:
-        return False
-
-    @property
-    def supports_pdf_tool_message(self) -> bool:
-        return False
-
-    @property
-    def supports_anthropic_inputs(self) -> bool:
-        # Anthropic-format content blocks (tool_use in content) are a provider format.
-        return False
+    supports_image_inputs = False
+    supports_image_urls = False
+    supports_pdf_inputs = False
+    supports_audio_inputs = False
+    supports_video_inputs = False
+    supports_image_tool_message = False
+    supports_pdf_tool_message = False
+    # Anthropic-format content blocks (tool_use in content) are a provider format.
+    supports_anthropic_inputs = False
 
 
 def _cache_read_invoke(model: TidalChatModel) -> Any:
