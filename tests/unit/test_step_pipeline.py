@@ -10,6 +10,7 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from tests.fakes import FakeEngine
+from tidal_agents import tool_protocol as tp
 from tidal_agents.allocation import CostModel, PriorAccuracyPredictor, StepFeatures
 from tidal_agents.episode import Episode, EpisodeRegistry
 from tidal_agents.errors import TidalConfigError, TidalEngineError
@@ -372,3 +373,30 @@ def test_the_loop_guard_also_checks_the_fallbacks_reply() -> None:
     assert outcome.message.content == "5" and not outcome.message.tool_calls
     assert outcome.record.selection["fallback"] == "greedy"
     assert outcome.record.selection["loop_guard"] is True
+
+
+# ------------------------------------------------------------------ wrap-up
+def test_a_step_without_time_for_another_tool_round_trip_answers() -> None:
+    engine = FakeEngine(replies=('{"answer": "5"}',))
+    with Episode(deadline_s=30) as episode:
+        episode.started -= 28.0  # 2 s left, 1.5 s of it above the margin
+        outcome = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("add 2 and 3")],
+                       episode, tools=[ADD_TOOL])
+    assert outcome.message.content == "5"
+    specs = parse_call_options({"tools": [ADD_TOOL]}).specs
+    answer_only = tp.reply_grammar(list(specs), tp.ToolChoice("none"), False)
+    assert engine.requests[0].guided == answer_only
+    assert outcome.record.decision["reason"].startswith("wrap-up:")
+    assert outcome.record.selection["wrap_up"]["time_left_s"] < 2.0
+
+
+def test_with_time_left_tools_stay_callable_and_required_calls_are_never_wrapped_up() -> None:
+    engine = FakeEngine(replies=(GOOD_CALL,))
+    with Episode(deadline_s=30) as episode:
+        outcome = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("add 2 and 3")],
+                       episode, tools=[ADD_TOOL])
+        assert outcome.message.tool_calls and "wrap_up" not in outcome.record.selection
+        episode.started -= 28.0
+        required = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("add 2 and 3")],
+                        episode, tools=[ADD_TOOL], tool_choice="any")
+    assert required.message.tool_calls and "wrap_up" not in required.record.selection

@@ -66,6 +66,9 @@ class EngineConfig(BaseModel):
                               "process dies; past them requests fail with TidalEngineError")
     restart_backoff_s: float = Field(default=1.0, ge=0, le=60)
     log_level: LogLevel = "WARNING"
+    warm_up: bool = True
+    """Run a few short requests at start-up (greedy, sampled with log-probs, under a
+    grammar) so the first request of an episode does not pay vLLM's one-time costs."""
     engine_args: dict[str, Any] = Field(default_factory=dict)
 
     def __init__(self, **data: Any) -> None:

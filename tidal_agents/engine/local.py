@@ -22,7 +22,12 @@ from typing import Any
 from tidal_agents.engine._backend import LoopBackend, SampleCollector
 from tidal_agents.engine.config import EngineConfig, on_cpu
 from tidal_agents.engine.loop_thread import LoopThread
-from tidal_agents.engine.types import GenerationRequest, GenerationResult, TokenCallback
+from tidal_agents.engine.types import (
+    GenerationRequest,
+    GenerationResult,
+    GuidedDecoding,
+    TokenCallback,
+)
 from tidal_agents.errors import TidalConfigError, TidalEngineError, TidalError
 from tidal_agents.models import resolve_model
 
@@ -86,6 +91,8 @@ class LocalVLLMEngine(LoopBackend):
         self.restarts = 0
         self._generation = 0  # bumped by every restart
         self._restart_lock: asyncio.Lock | None = None  # created on the engine loop
+        #: seconds the start-up warm-up took (None until it ran)
+        self.warm_up_s: float | None = None
 
     # ---------------------------------------------------------------- lifecycle
     def _is_open(self) -> bool:
@@ -110,6 +117,34 @@ class LocalVLLMEngine(LoopBackend):
 
     def _log_started(self) -> None:
         logger.info("vLLM engine started in %.1f s (%s)", self.startup_s, self._model_path)
+
+    def start(self) -> LocalVLLMEngine:
+        """Start vLLM (idempotent) and, the first time, warm it up (`EngineConfig.warm_up`)."""
+        first = not self._is_open()
+        super().start()
+        if first and self.config.warm_up:
+            t0 = time.perf_counter()
+            self._warm_up()
+            self.warm_up_s = time.perf_counter() - t0
+            logger.info("vLLM engine warmed up in %.1f s", self.warm_up_s)
+        return self
+
+    def _warm_up(self) -> None:
+        """The one-time costs of a fresh engine, paid before any episode: the first
+        greedy request, the sampling and log-prob paths at the batch sizes the
+        default grid uses, and the grammar compiler (see docs/design-notes.md)."""
+        prompt = self.apply_chat_template([{"role": "user", "content": "Say hi."}])
+        schema = {"type": "object", "properties": {"answer": {"type": "string"}},
+                  "required": ["answer"]}
+        requests = [
+            GenerationRequest(prompt=prompt, max_tokens=4, logprobs=0),
+            *(GenerationRequest(prompt=prompt, n=n, temperature=0.7, max_tokens=4, logprobs=0)
+              for n in (4, 8, 16)),
+            GenerationRequest(prompt=prompt, max_tokens=8,
+                              guided=GuidedDecoding(json_schema=schema)),
+        ]
+        for request in requests:
+            self.generate_sync(request)
 
     async def _create(self) -> Any:
         from vllm.engine.arg_utils import AsyncEngineArgs

@@ -88,6 +88,45 @@ def decide_step(
     )
 
 
+#: predicted seconds of a tool call before the episode has measured any
+DEFAULT_TOOL_S = 0.5
+
+
+@dataclass(frozen=True)
+class WrapUp:
+    """Why a step answers with what it has instead of calling another tool."""
+
+    time_left_s: float
+    #: a tool-call step, its tools and an answer step, as predicted
+    round_trip_s: float
+
+    def reason(self) -> str:
+        return (
+            f"wrap-up: {self.time_left_s:.2f} s left cannot fit another tool round trip "
+            f"and an answer ({self.round_trip_s:.2f} s predicted), so the step answers"
+        )
+
+
+def wrap_up(
+    features: StepFeatures,
+    tool_choice_mode: str,
+    max_tokens: int,
+    episode: Episode | None,
+    cost_model: CostModel,
+) -> WrapUp | None:
+    """A WrapUp when tools may be called (tool_choice "auto") but the episode's
+    time above its margin cannot fit a greedy tool-call step, the tools' predicted
+    time and a greedy answer step; None otherwise."""
+    if episode is None or tool_choice_mode != "auto" or features.tools_bound == 0:
+        return None
+    greedy = StrategyConfig("single", temperature=0.0, max_tokens=max_tokens)
+    step_s = cost_model.predict(greedy, features).latency_s * cost_model.latency_headroom()
+    tool_s = getattr(episode, "predicted_tool_s", lambda: DEFAULT_TOOL_S)()
+    needed = 2 * step_s + tool_s
+    time_left = episode.remaining_s() - episode.safety_margin_s
+    return WrapUp(time_left_s=time_left, round_trip_s=needed) if time_left < needed else None
+
+
 def fit_config(
     settings: AllocationSettings, config: StrategyConfig, max_tokens: int
 ) -> StrategyConfig:

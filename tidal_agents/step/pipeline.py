@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from langchain_core.messages import AIMessage, BaseMessage
@@ -20,7 +20,13 @@ from tidal_agents.allocation.predictor import AccuracyPredictor
 from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.episode import Episode, EpisodeRegistry, current_episode
 from tidal_agents.errors import TidalEngineError
-from tidal_agents.step.decide import AllocationSettings, decide_step, fit_config, step_grid
+from tidal_agents.step.decide import (
+    AllocationSettings,
+    decide_step,
+    fit_config,
+    step_grid,
+    wrap_up,
+)
 from tidal_agents.step.execute import execute
 from tidal_agents.step.finish import (
     StepContext,
@@ -79,9 +85,17 @@ class StepPipeline:
         started_wall = time.time()
         prepared = prepare_step(self.engine, messages, options, stops, self.settings.max_tokens)
         step_index = episode.next_step_index() if episode else 0
-        features = step_features(
-            prepared, step_index, int(getattr(self.engine, "in_flight_sequences", 0))
+        load = int(getattr(self.engine, "in_flight_sequences", 0))
+        features = step_features(prepared, step_index, load)
+        wrapping_up = wrap_up(
+            features, options.choice.mode, prepared.max_tokens, episode, self.cost_model
         )
+        if wrapping_up is not None:  # answer under the answer-only grammar
+            answer_only = replace(options, choice=tp.ToolChoice("none"))
+            prepared = prepare_step(
+                self.engine, messages, answer_only, stops, self.settings.max_tokens
+            )
+            features = step_features(prepared, step_index, load)
         context = StepContext(
             episode=episode, step_index=step_index, metadata=metadata,
             started_wall=started_wall,
@@ -92,6 +106,8 @@ class StepPipeline:
         decision = decide_step(
             allocation, features, grid, episode, self.cost_model, self.predictor
         )
+        if wrapping_up is not None:
+            decision = replace(decision, reason=f"{wrapping_up.reason()}; {decision.reason}")
         chosen = fit_config(allocation, decision.config, prepared.max_tokens)
         allowance_s = decision.allowance_s
         deadline = time.monotonic() + allowance_s if math.isfinite(allowance_s) else None
@@ -109,6 +125,8 @@ class StepPipeline:
             raise
         if prepared.guided is not None:
             result = prefer_complete(result)
+        if wrapping_up is not None:
+            result = replace(result, details={**result.details, "wrap_up": asdict(wrapping_up)})
         result, parsed = await self._parse(prepared, result, chosen, deadline)
         self.cost_model.update(chosen, features, result.cost)
         if not has_usable_output(parsed) and allocation.strategy is None:
