@@ -7,9 +7,9 @@ import json
 import math
 
 import pytest
+from fakes import ADD_TOOL, FakeEngine
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
-from tests.fakes import FakeEngine
 from tidal_agents import tool_protocol as tp
 from tidal_agents.allocation import CostModel, PriorAccuracyPredictor, StepFeatures
 from tidal_agents.episode import Episode, EpisodeRegistry
@@ -30,18 +30,6 @@ from tidal_agents.strategies.base import StepInput
 from tidal_agents.types import Candidate, CostRecord, StrategyConfig, StrategyResult
 from tidal_agents.validation import check_stop
 
-ADD_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "add",
-        "description": "Add two integers.",
-        "parameters": {
-            "type": "object",
-            "properties": {"a": {"type": "integer"}, "b": {"type": "integer"}},
-            "required": ["a", "b"],
-        },
-    },
-}
 GREEDY = StrategyConfig("single", temperature=0.0, max_tokens=16)
 
 #: keys every step's JSONL record carries (later fields may be added, never removed)
