@@ -568,9 +568,8 @@ async def collect(
             "latency_model": latency.coefficients}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`tidal-agents collect`: see the module docstring."""
-    p = argparse.ArgumentParser(prog="tidal-agents collect", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`tidal-agents collect`'s options."""
     p.add_argument("--task", choices=TASKS, default="arith")
     p.add_argument("--limit", type=int, default=None, help="items (arith default: 200)")
     p.add_argument("--out", type=Path, required=True, help="JSONL output (appended, resumable)")
@@ -586,7 +585,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
     p.add_argument("--rebuild-to", type=Path, default=None,
                    help="no engine: re-derive --out's rows from its samples/latency files here")
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`tidal-agents collect` with parsed options: see the module docstring."""
     settings = CollectSettings(
         n_max=args.n_max, max_tokens=args.max_tokens, resamples=args.resamples, seed=args.seed,
         concurrency=args.concurrency, latency_items=args.latency_items,
@@ -601,6 +603,13 @@ def main(argv: list[str] | None = None) -> int:
     summary = asyncio.run(collect(engine, items, args.out, settings))
     print(json.dumps(summary, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`tidal-agents collect`: see the module docstring."""
+    p = argparse.ArgumentParser(prog="tidal-agents collect", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -361,9 +361,8 @@ def train(
     return predictor, report
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`tidal-agents train`: fit, report held-out Brier, save model + reliability plot."""
-    p = argparse.ArgumentParser(prog="tidal-agents train", description=__doc__.splitlines()[0])
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """`tidal-agents train`'s options."""
     p.add_argument("--outcomes", type=Path, nargs="*", default=None,
                    help="outcome JSONL(.gz) files (default: tidal_agents/data/outcomes-*)")
     p.add_argument("--test-fraction", type=float, default=DEFAULT_TEST_FRACTION)
@@ -373,7 +372,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model-out", type=Path, default=None,
                    help="where to save the predictor (default: tidal_agents/data/)")
     p.add_argument("--plot", type=Path, default=Path("docs/figures/reliability.png"))
-    args = p.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`tidal-agents train` with parsed options: fit, report held-out Brier, save model + plot."""
     rows = load_outcomes(args.outcomes)
     predictor, report = train(rows, args.test_fraction, args.seed, args.estimator)
     model_out = args.model_out or data_dir() / DEFAULT_PREDICTOR_FILE
@@ -391,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cv {r['estimator']}: brier {r['brier']:.4f}, gap closed at matched tokens "
               f"{r['gap_closed_at_matched_tokens']}", file=sys.stderr)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`tidal-agents train`: fit, report held-out Brier, save model + reliability plot."""
+    p = argparse.ArgumentParser(prog="tidal-agents train", description=__doc__.splitlines()[0])
+    add_arguments(p)
+    return run(p.parse_args(argv))
 
 
 if __name__ == "__main__":
