@@ -69,7 +69,10 @@ def progress(label: str, show: bool = True) -> Iterator[None]:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
-    with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+    # stderr written meanwhile (logs, tables) is printed above the spinner; stdout is
+    # left alone, so that results printed during the command stay on stdout
+    with Progress(*columns, console=Console(stderr=True), transient=True,
+                  redirect_stdout=False) as bar:
         bar.add_task(label, total=None)
         yield
 
@@ -144,7 +147,8 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         engine = get_remote_engine(args.engine_url, model=args.model)
     else:
         engine = get_engine(EngineConfig(model=args.model))
-    model = calibrate(engine, quick=args.quick)
+    with progress("calibrate"):
+        model = calibrate(engine, quick=args.quick)
     print(summary(model))
     print(f"saved to {default_path(engine.backend_id)}")
     return 0
@@ -194,11 +198,15 @@ def cmd_vllm_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _command_module(module_name: str) -> Callable[[argparse.Namespace], int]:
-    """collect / train: options and body live in their evaluation module."""
+def _command_module(
+    module_name: str, spinner: bool
+) -> Callable[[argparse.Namespace], int]:
+    """collect / train: options and body live in their evaluation module; `spinner`
+    for a module that draws no progress bar of its own."""
 
     def run(args: argparse.Namespace) -> int:
-        return int(importlib.import_module(module_name).run(args) or 0)
+        with progress(args.command, show=spinner):
+            return int(importlib.import_module(module_name).run(args) or 0)
 
     return run
 
@@ -331,13 +339,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="calibrate these `vllm serve` replicas instead (repeatable)")
     p.set_defaults(func=cmd_calibrate)
 
-    for name, module, text in (
-        ("collect", "tidal_agents.evaluation.collect", "run every configuration on a task set"),
-        ("train", "tidal_agents.evaluation.train", "fit the accuracy predictor"),
+    for name, module, text, spinner in (
+        ("collect", "tidal_agents.evaluation.collect", "run every configuration on a task set",
+         False),  # collect draws its own bars
+        ("train", "tidal_agents.evaluation.train", "fit the accuracy predictor", True),
     ):
         p = command(name, text, formatter_class=argparse.RawDescriptionHelpFormatter,
                     add_options=_module_options(module))
-        p.set_defaults(func=_command_module(module))
+        p.set_defaults(func=_command_module(module, spinner))
 
     p = command("bench", "benchmarks measured side by side in one run; results to "
                 "docs/results/", description="Benchmarks. `tidal-agents bench NAME --help` "

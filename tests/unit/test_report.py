@@ -64,12 +64,13 @@ ROWS_T = (
 
 def test_table_from_results_and_notes_for_missing_files(tmp_path: Path) -> None:
     _write(tmp_path, "a.json", {"meta": META, "ratio": 1.234, "max_tokens": 64,
+                                "definitions": {"p99": "what p99 means"},
                                 "1": {"p99": 2.0}, "10": {"p99": 16.04}})
     notes: list[str] = []
     table = render_table(tmp_path, ROWS_T, note=notes.append)
     lines = table.splitlines()
     assert lines[2] == "| `bench a` | ratio | 1.23 | <= 1 | `a.json` 0123456, 2026-01-02 |"
-    # EACH maps over the entries that hold the key (not meta, not max_tokens)
+    # EACH maps over the entries that hold the key (not meta, definitions, max_tokens)
     assert lines[3].split(" | ")[2] == "1 eps: 2.0 s, 10 eps: 16.0 s"
     assert "missing file" not in table and len(notes) == 1 and "b.json" in notes[0]
     assert "- `a.json`: Test CPU, 4 cores, 8.0 GiB, vllm 1" in lines

@@ -24,6 +24,8 @@ START = "<!-- figures:start -->"
 END = "<!-- figures:end -->"
 #: a path step that maps over every entry of a mapping (deadlines, load levels)
 EACH = "*"
+#: blocks of a results file that `EACH` never counts as entries
+_NOT_ENTRIES = frozenset({"meta", "definitions"})
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,8 @@ ROWS: tuple[Row, ...] = (
     Row("bench engine", "decode throughput, n=8", "engine.json", ("tok_s_n8",), "{:.0f} tok/s"),
     Row("bench engine", "one n=8 request / 8 *sequential* n=1 requests, wall time",
         "engine.json", ("n8_vs_8x_n1_ratio",), "{:.2f}"),
+    Row("bench engine", "one n=8 request / 8 *concurrent* n=1 requests, wall time",
+        "engine.json", ("n8_vs_8x_n1_concurrent_ratio",), "{:.2f}"),
     Row("bench engine --remote auto", "remote `vllm serve` / in-process wall time, n=1",
         "engine-remote.json", ("remote_vs_local_wall_ratio_n1",), "{:.2f}"),
     Row("bench engine --remote auto", "remote `vllm serve` / in-process wall time, n=8",
@@ -62,8 +66,20 @@ ROWS: tuple[Row, ...] = (
         "strategies.json", ("bo8_vs_sequential_ratio",), "{:.3f}"),
     Row("bench strategies", "wrapper overhead per short (8-token) call, ms",
         "strategies.json", ("overhead_ms_short",), "{:.1f}", "<= 10 ms"),
+    Row("bench strategies", "wrapper overhead per short (8-token) call, ms, 95% interval",
+        "strategies.json", ("overhead_ms_short_ci95",), "{:.1f}"),
     Row("bench strategies", "wrapper overhead per normal (64-token) call, ms",
         "strategies.json", ("overhead_ms_long",), "{:.1f}", "<= 10 ms"),
+    Row("bench strategies", "wrapper overhead per normal (64-token) call, ms, 95% interval",
+        "strategies.json", ("overhead_ms_long_ci95",), "{:.1f}"),
+    Row("bench strategies", "step-level beam vs vLLM's beam algorithm (same width and token "
+        "limit): accuracy", "strategies.json", ("beam_vs_vllm_beam", EACH, "accuracy"),
+        "{:.3f}"),
+    Row("bench strategies", "step-level beam vs vLLM's beam algorithm: generated tokens per "
+        "question", "strategies.json", ("beam_vs_vllm_beam", EACH, "mean_generated_tokens"),
+        "{:.0f}"),
+    Row("bench strategies", "step-level beam vs vLLM's beam algorithm: wall seconds per "
+        "question", "strategies.json", ("beam_vs_vllm_beam", EACH, "mean_wall_s"), "{:.2f}"),
     Row("bench strategies", "accuracy on graded arithmetic", "strategies.json",
         ("accuracy",), "{:.3f}"),
     Row("bench episodes", "success (a usable reply by the deadline stating the gold "
@@ -149,7 +165,8 @@ def _lookup(data: Any, path: Sequence[str], where: str) -> Any:
         picked = {
             key: None if value is None else _lookup(value, rest, where)
             for key, value in data.items()
-            if value is None or (isinstance(value, Mapping) and (not rest or rest[0] in value))
+            if key not in _NOT_ENTRIES
+            and (value is None or (isinstance(value, Mapping) and (not rest or rest[0] in value)))
         }
         if not picked:
             raise ReportError(f"{where}: no entry holds {list(rest)}")
