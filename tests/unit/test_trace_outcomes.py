@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 
@@ -10,6 +12,8 @@ from tidal_agents.trace.outcomes import (
     is_protocol_fragment,
     is_usable_reply,
     outcome_rates,
+    trace_outcome,
+    trace_summary,
 )
 
 
@@ -58,3 +62,22 @@ def test_outcome_rates_sum_to_one() -> None:
         "error_rate": 0.25, "over_deadline_rate": 0.0,
     }
     assert set(outcome_rates([]).values()) == {None}
+
+
+def _record(finish: str, error: str | None = None, ended_at: float = 1.0) -> SimpleNamespace:
+    return SimpleNamespace(finish=finish, error=error, ended_at=ended_at, cut_short=False,
+                           spent=SimpleNamespace(generated_tokens=5))
+
+
+def test_a_traces_outcome_is_read_from_its_steps() -> None:
+    call, answer = _record("tool_call"), _record("answer", ended_at=3.0)
+    assert trace_outcome([], 4.0, 0.0) is None
+    assert trace_outcome([call, answer], 4.0, 0.0) == "usable"
+    assert trace_outcome([call], 4.0, 0.0) == "no_usable_reply"
+    cut = _record("answer", "no usable reply: the step was cut short", 3.0)
+    assert trace_outcome([call, cut], 4.0, 0.0) == "no_usable_reply"
+    assert trace_outcome([call, _record("answer", "TidalEngineError: x")], 4.0, 0.0) == "error"
+    assert trace_outcome([call, _record("answer", ended_at=4.5)], 4.0, 0.0) == "over_deadline"
+    summary = trace_summary([call, answer], 4.0, 0.0)
+    assert summary == {"steps": 2, "cut_short_steps": 0, "generated_tokens": 10, "wall_s": 3.0,
+                       "deadline_s": 4.0, "outcome": "usable"}

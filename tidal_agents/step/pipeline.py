@@ -42,6 +42,7 @@ from tidal_agents.step.prepare import (
     step_features,
 )
 from tidal_agents.strategies.base import StepInput
+from tidal_agents.trace.outcomes import NO_USABLE_REPLY
 from tidal_agents.trace.records import StepRecord
 from tidal_agents.types import StrategyConfig, StrategyResult
 
@@ -245,7 +246,7 @@ def no_usable_output_error(result: StrategyResult) -> str:
         "cut short at its allowance" if result.cost.cut_short
         else f"finished with {result.selected.finish_reason!r}"
     )
-    return f"no usable reply: the step was {why} with no complete answer or tool call"
+    return f"{NO_USABLE_REPLY}: the step was {why} with no complete answer or tool call"
 
 
 def fallback_time_left(episode: Episode | None) -> float | None:

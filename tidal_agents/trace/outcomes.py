@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any, Literal
 
 #: keys of the JSON objects the tool protocol decodes (tool_protocol.reply_grammar)
@@ -86,4 +86,46 @@ def outcome_rates(outcomes: Iterable[EpisodeOutcome]) -> dict[str, float | None]
     total = sum(counts.values())
     return {
         RATE_KEYS[o]: (counts[o] / total if total else None) for o in OUTCOMES
+    }
+
+
+#: the error text of a step that returned, but with nothing usable (step.pipeline)
+NO_USABLE_REPLY = "no usable reply"
+
+
+def trace_outcome(
+    records: Sequence[Any], deadline_s: float | None, started_at: float | None
+) -> EpisodeOutcome | None:
+    """An episode's outcome read from its step records alone (None: no steps).
+
+    After the deadline: the last step ended past it. An error: a step raised (its
+    record has an error other than "no usable reply"). Usable: the last step
+    answered with a usable reply. Anything else (the last step a tool call, or no
+    usable reply) is no usable reply.
+    """
+    if not records:
+        return None
+    last = records[-1]
+    if deadline_s is not None and started_at is not None and (
+        last.ended_at - started_at > deadline_s
+    ):
+        return "over_deadline"
+    if any(r.error and not r.error.startswith(NO_USABLE_REPLY) for r in records):
+        return "error"
+    return "usable" if last.finish == "answer" and last.error is None else "no_usable_reply"
+
+
+def trace_summary(
+    records: Sequence[Any], deadline_s: float | None, started_at: float | None
+) -> dict[str, Any]:
+    """Steps, cut-short steps, generated tokens, wall time and the outcome."""
+    steps = len(records)
+    wall = (records[-1].ended_at - started_at) if records and started_at is not None else None
+    return {
+        "steps": steps,
+        "cut_short_steps": sum(bool(r.cut_short) for r in records),
+        "generated_tokens": sum(r.spent.generated_tokens for r in records if r.spent),
+        "wall_s": wall,
+        "deadline_s": deadline_s,
+        "outcome": trace_outcome(records, deadline_s, started_at),
     }
