@@ -11,6 +11,7 @@ from langchain.agents import create_agent
 from rich.console import Console
 
 from tidal_agents.integrations.langchain_middleware import ToolFirstMiddleware
+from tidal_agents.trace.outcomes import trace_summary
 
 
 def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
@@ -45,8 +46,16 @@ def run_demo(deadline_s: float = 60.0, trace_dir: str | None = None) -> int:
     ep.trace.print()
     png = out_dir / "timeline.png"
     ep.trace.plot(png)
+    records = ep.trace.records
+    summary = trace_summary(records, deadline_s, ep.trace.started_at)
     console.print(
-        f"episode took {elapsed:.1f} s of {deadline_s:g} s; "
-        f"{len(ep.trace)} steps; trace: {jsonl}; timeline: {png}"
+        f"episode took {elapsed:.1f} s of {deadline_s:g} s; {len(records)} steps; "
+        f"outcome: {summary['outcome']}; trace: {jsonl}; timeline: {png}"
     )
+    first = records[0] if records else None
+    if first is not None and first.spent is not None and first.predicted_latency_s:
+        console.print(
+            f"step 0: predicted {first.predicted_latency_s:.2f} s, took "
+            f"{first.spent.wall_s:.2f} s"
+        )
     return 0
