@@ -1,15 +1,34 @@
-"""Episodes: a wall-clock deadline for a whole agent run, split into per-step
-allowances.
+"""Episodes: a wall-clock deadline (and optionally a token budget) for a whole
+agent run, split into per-step allowances.
 
 The allowance of a step is (`allowance_for`)
 
-    allowance = max(0, remaining - safety_margin) / max(1, expected_steps - steps_done)
+    usable    = max(0, remaining - safety_margin)
+    k         = max(0, expected_steps - steps_done - 1)   (tool rounds still expected)
+    reserve   = min(k * tool_round_s, usable / 2)
+    allowance = (usable - reserve) / max(1, expected_steps - steps_done)
 
-so every step may spend its share of what is left, the last expected step (and
-any beyond) may spend all of it, and because each step is hard-limited to its
-allowance (the strategy aborts inside vLLM), the allowances of an episode never
-sum past ``deadline - safety_margin``: each allowance is at most what is left
-above the margin, so after spending it at least the margin is still left.
+where ``tool_round_s`` is the predicted time of the tool calls between two steps
+(`Episode.tool_round_s`; 0 while the episode has seen no tool call and the step
+has no tools bound). So every step may spend its share of what is left once the
+tools' predicted time is set aside, the last expected step (and any beyond) may
+spend all of it, and because each step is hard-limited to its allowance (the
+strategy aborts inside vLLM), the allowances of an episode never sum past
+``deadline - safety_margin``: each allowance is at most what is left above the
+margin, so after spending it at least the margin is still left. The reserve is
+capped at half the usable time so that slow tools shrink a step's allowance but
+never take it to zero while time is left.
+
+Tool time is measured in every episode: the gap between a step's record and the
+next step's start is attributed to the tools the recorded step called (a
+``tool_time`` trace event) and learned per tool name (`tool_time_s`, also kept
+process-wide in `allocation.tool_time.TOOL_TIMES`). Where the tools run under
+`TidalEpisodeMiddleware`, each call is timed exactly (`observe_tool_time`) and
+bounded by `tool_timeout_s`; the gap is then recorded but not learned from.
+
+With ``max_episode_tokens`` the generated tokens recorded so far are a second
+budget: configurations predicted to generate more than what is left do not fit,
+and a step that starts with none left is treated like one past the deadline.
 
 An episode is found by the chat model through a context variable (``with
 model.episode(...)``), so threads and asyncio tasks never share one by accident.
@@ -24,7 +43,7 @@ import threading
 import time
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, get_args
@@ -33,6 +52,7 @@ from tidal_agents.allocation.controller import StepDecision, decide
 from tidal_agents.allocation.cost_model import CostModel
 from tidal_agents.allocation.features import StepFeatures
 from tidal_agents.allocation.grid import default_grid
+from tidal_agents.allocation.tool_time import TOOL_TIMES, ToolTimes
 from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
 from tidal_agents.trace import JsonlWriter, Trace
 from tidal_agents.trace.records import StepRecord, TraceEvent
@@ -57,6 +77,7 @@ CONFIG_KEYS = {
     "tidal_expected_steps": "expected_steps",
     "tidal_safety_margin_s": "safety_margin_s",
     "tidal_on_deadline": "on_deadline",
+    "tidal_max_episode_tokens": "max_episode_tokens",
     "tidal_episode_id": "episode_id",  # also ties the steps of one episode together
 }
 
@@ -67,14 +88,23 @@ def current_episode() -> Episode | None:
 
 
 def allowance_for(
-    remaining_s: float, steps_done: int, expected_steps: int, safety_margin_s: float
+    remaining_s: float,
+    steps_done: int,
+    expected_steps: int,
+    safety_margin_s: float,
+    tool_round_s: float = 0.0,
 ) -> float:
-    """Seconds one step may spend: an equal share of the time above the safety margin
-    among the steps still expected (at least one). Pure; 0 when nothing is left."""
+    """Seconds one step may spend: an equal share, among the steps still expected
+    (at least one), of the time above the safety margin less the predicted time of
+    the tool rounds after this step (`tool_round_s` each, the reserve capped at half
+    the usable time). Pure; 0 when nothing is left."""
     usable = remaining_s - safety_margin_s
     if not usable > 0:  # also catches NaN
         return 0.0
-    return usable / max(1, expected_steps - steps_done)
+    rounds_after = max(0, expected_steps - steps_done - 1)
+    reserve = rounds_after * tool_round_s
+    reserve = min(reserve, usable / 2) if reserve > 0 else 0.0  # NaN and negatives: none
+    return (usable - reserve) / max(1, expected_steps - steps_done)
 
 
 OnDeadline = Literal["raise", "fallback"]
@@ -111,6 +141,10 @@ class EpisodeSettings:
     grid: Sequence[StrategyConfig] | None = None
     """Configurations to choose among (kept as a tuple); None or empty:
     allocation.default_grid()."""
+    max_episode_tokens: int | None = None
+    """Generated (output) tokens the whole episode may spend, an integer >= 1, or
+    None for no token budget. A step starting with none left is treated like one
+    past the deadline (see ``on_deadline``)."""
 
     def __post_init__(self) -> None:
         self.verify()
@@ -131,6 +165,7 @@ class EpisodeSettings:
         check_int("expected_steps", self.expected_steps, lo=1)
         check_choice("on_deadline", self.on_deadline, get_args(OnDeadline))
         check_number("fallback_allowance_s", self.fallback_allowance_s, lo=0, lo_open=True)
+        check_int("max_episode_tokens", self.max_episode_tokens, lo=1, allow_none=True)
         if self.trace_path is not None and (
             not isinstance(self.trace_path, (str, Path)) or not str(self.trace_path)
         ):
@@ -225,6 +260,8 @@ class Episode:
             ``fallback_allowance_s`` (a bounded overrun, recorded in the trace).
         grid: configurations to choose among (default: allocation.default_grid()).
         episode_id: the trace's name, also set by ``tidal_episode_id`` (default: random).
+        max_episode_tokens: generated tokens the episode may spend (default: no limit);
+            with none left a step is treated like one past the deadline.
     """
 
     def __init__(
@@ -240,12 +277,13 @@ class Episode:
         grid: Sequence[StrategyConfig] | None = None,
         clock: Callable[[], float] = time.monotonic,
         episode_id: str | None = None,
+        max_episode_tokens: int | None = None,
     ) -> None:
         check_episode_id(episode_id)
         # the settings' fields are these parameters, in this order
         settings = EpisodeSettings(deadline_s, lambda_tokens, lambda_latency, safety_margin_s,
                                    expected_steps, trace_path, on_deadline,
-                                   fallback_allowance_s, grid)
+                                   fallback_allowance_s, grid, max_episode_tokens)
         self._start(settings, clock, episode_id)
 
     @classmethod
@@ -274,6 +312,7 @@ class Episode:
         self.on_deadline = settings.on_deadline
         self.fallback_allowance_s = float(settings.fallback_allowance_s)
         self.grid = settings.grid
+        self.max_episode_tokens = settings.max_episode_tokens
         self.id = episode_id or uuid.uuid4().hex[:12]
         self._clock = clock
         self.started = clock()
@@ -286,6 +325,13 @@ class Episode:
         self._lock = threading.Lock()
         self._next_step = 0
         self._steps_done = 0
+        self._tokens_used = 0
+        self._step_seconds: list[float] = []
+        #: per-tool means: this episode's measurements over the process-wide table
+        self.tool_times = ToolTimes(parent=TOOL_TIMES)
+        #: tool names this episode has seen called, in first-call order
+        self._tools_seen: dict[str, None] = {}
+        self._round: _ToolRound | None = None
 
     # -------------------------------------------------------------- timing
     @property
@@ -299,23 +345,125 @@ class Episode:
     def remaining_s(self) -> float:
         return self.deadline - self._clock()
 
-    def allowance_s(self, step_index: int | None = None) -> float:
+    def allowance_s(self, step_index: int | None = None, *, tools_bound: bool = False) -> float:
         """Seconds a step may spend now (0 when the time is up); see `allowance_for`.
 
         `step_index` counts the steps before this one; by default the steps
         recorded so far (steps running concurrently have not been recorded yet,
         so they share the same, larger allowance: pass their index to split it).
+        `tools_bound`: the step can call tools, so the tool rounds after it are
+        reserved even before the episode has seen a tool call (`tool_round_s`).
         """
         check_int("step_index", step_index, lo=0, allow_none=True)
         with self._lock:
             done = self._steps_done if step_index is None else step_index
-        return allowance_for(self.remaining_s(), done, self.expected_steps, self.safety_margin_s)
+        return allowance_for(self.remaining_s(), done, self.expected_steps,
+                             self.safety_margin_s, self.tool_round_s(tools_bound))
 
     def next_step_index(self) -> int:
+        """The index of a step that starts now. Ends the tool round after the last
+        recorded step: its time is recorded (and learned) as tool time."""
         with self._lock:
             index = self._next_step
             self._next_step += 1
-            return index
+            tool_round, self._round = self._round, None
+        if tool_round is not None:
+            self._close_round(tool_round)
+        return index
+
+    # ------------------------------------------------------------ budgets
+    @property
+    def tokens_used(self) -> int:
+        """Generated tokens of the steps recorded so far."""
+        with self._lock:
+            return self._tokens_used
+
+    def tokens_left(self) -> float | None:
+        """Generated tokens left in the token budget (None: no budget; may be < 0)."""
+        if self.max_episode_tokens is None:
+            return None
+        return float(self.max_episode_tokens - self.tokens_used)
+
+    # ---------------------------------------------------------- tool time
+    def tool_time_s(self, name: str) -> float:
+        """Predicted seconds for one call of tool `name`: this episode's mean, else the
+        process-wide one, else `allocation.tool_time.DEFAULT_TOOL_TIME_S`."""
+        return self.tool_times.seconds(name)
+
+    def predicted_tool_s(self, names: Iterable[str] | None = None) -> float:
+        """Predicted seconds for one step's calls of `names`, summed (LangGraph may run
+        one step's calls in parallel, so this is an upper estimate). Without names:
+        one tool round of a step with tools bound (`tool_round_s`)."""
+        if names is None:
+            return self.tool_round_s(tools_bound=True)
+        return sum(self.tool_time_s(name) for name in names)
+
+    def tool_round_s(self, tools_bound: bool = False) -> float:
+        """Predicted seconds of the tool calls between two steps: the mean predicted
+        time of the tools this episode has seen called; before any, when tools are
+        bound, the mean of the process-wide means (or the prior); else 0."""
+        with self._lock:
+            seen = list(self._tools_seen)
+        if seen:
+            return self.predicted_tool_s(seen) / len(seen)
+        if not tools_bound:
+            return 0.0
+        process_mean = TOOL_TIMES.mean_over_known()
+        return self.tool_times.prior_s if process_mean is None else process_mean
+
+    def step_reserve_s(self) -> float:
+        """Seconds kept for one more model step: the mean wall time of the steps
+        recorded so far; before any, an equal share of the time above the margin
+        among the steps still expected."""
+        with self._lock:
+            seconds = list(self._step_seconds)
+            done = self._steps_done
+        if seconds:
+            return sum(seconds) / len(seconds)
+        return allowance_for(self.remaining_s(), done, self.expected_steps,
+                             self.safety_margin_s)
+
+    def tool_timeout_s(self) -> float:
+        """Seconds a tool call starting now may take: the time above the safety margin
+        less `step_reserve_s` for the step that reads its result; 0 when none is left."""
+        return max(0.0, self.remaining_s() - self.safety_margin_s - self.step_reserve_s())
+
+    def observe_tool_time(self, name: str, seconds: float, *, timed_out: bool = False) -> None:
+        """One call of tool `name` timed exactly (by whoever ran it). It is learned now
+        (a timed-out call as a lower bound) and listed in the round's ``tool_time``
+        event; the round's gap is then not learned from, so nothing counts twice."""
+        self.tool_times.update(name, seconds, censored=timed_out)
+        TOOL_TIMES.update(name, seconds, censored=timed_out)
+        with self._lock:
+            self._tools_seen.setdefault(name, None)
+            if self._round is None:  # tools run with no recorded step before them
+                self._round = _ToolRound(tools=(), ended=None, predicted_s=0.0)
+            self._round.calls.append({"tool": name, "seconds": float(seconds),
+                                      "timed_out": timed_out})
+
+    def _close_round(self, tool_round: _ToolRound) -> None:
+        """Record the time between a step's end and the next step's start, and learn
+        it per tool unless the calls were timed exactly."""
+        tools = tool_round.tools or tuple(c["tool"] for c in tool_round.calls)
+        if not tools:
+            return
+        gap = None if tool_round.ended is None else max(0.0, self._clock() - tool_round.ended)
+        measured_by = "middleware" if tool_round.calls else "gap"
+        if gap is not None and not tool_round.calls:
+            self._learn_gap(tools, gap)
+        self.record_event(
+            "tool_time", tools=list(tools), seconds=gap, predicted_s=tool_round.predicted_s,
+            measured_by=measured_by, calls=list(tool_round.calls),
+        )
+
+    def _learn_gap(self, tools: tuple[str, ...], gap: float) -> None:
+        """Split one round's gap over its calls in proportion to their predictions."""
+        predictions = [self.tool_time_s(name) for name in tools]
+        total = sum(predictions)
+        for name, predicted in zip(tools, predictions, strict=True):
+            share = gap * predicted / total if total > 0 else gap / len(tools)
+            self.tool_times.update(name, share)
+            TOOL_TIMES.update(name, share)
 
     # ------------------------------------------------------------ deciding
     def decide(
@@ -325,13 +473,22 @@ class Episode:
         predictor: Any,
         grid: Sequence[StrategyConfig] | None = None,
     ) -> StepDecision:
-        """The step's decision under its allowance (see the module docstring)."""
+        """The step's decision under its allowance and what is left of the token
+        budget (see the module docstring)."""
         grid = tuple(grid or self.grid or default_grid())
-        allowance = self.allowance_s()
-        if allowance <= 0:
-            if self.on_deadline == "raise":
-                # finished: a caller that keys episodes by thread starts a fresh one next time
-                self.finished = True
+        allowance = self.allowance_s(tools_bound=features.tools_bound > 0)
+        tokens_left = self.tokens_left()
+        out_of_time = allowance <= 0
+        out_of_tokens = tokens_left is not None and tokens_left <= 0
+        if not (out_of_time or out_of_tokens):
+            return decide(features, grid, cost_model, predictor,
+                          self.lambda_tokens, self.lambda_latency, allowance,
+                          latency_headroom=cost_model.latency_headroom(),
+                          max_tokens_left=tokens_left)
+        if self.on_deadline == "raise":
+            # finished: a caller that keys episodes by thread starts a fresh one next time
+            self.finished = True
+            if out_of_time:
                 message = (
                     f"Episode {self.id}: its {self.deadline_s:g} s deadline leaves no time for "
                     f"step {features.step_index} ({self.remaining_s():.2f} s left, safety "
@@ -340,19 +497,40 @@ class Episode:
                 )
                 self.record_event("deadline_exceeded", step_index=features.step_index,
                                   remaining_s=self.remaining_s(), message=message)
-                raise EpisodeDeadlineExceeded(message)
-            fastest = decide(features, grid, cost_model, predictor,
-                             self.lambda_tokens, self.lambda_latency, 0.0)
+            else:
+                message = (
+                    f"Episode {self.id}: its token budget max_episode_tokens="
+                    f"{self.max_episode_tokens} is spent ({self.tokens_used} generated tokens) "
+                    f"before step {features.step_index}. Raise max_episode_tokens, or pass "
+                    "on_deadline='fallback' to run the cheapest configuration anyway."
+                )
+                self.record_event("token_budget_exceeded", step_index=features.step_index,
+                                  tokens_used=self.tokens_used, message=message)
+            raise EpisodeDeadlineExceeded(message)
+        if out_of_time:
+            # the fastest (within the token budget when some is left) for a bounded overrun
+            fallback = decide(features, grid, cost_model, predictor,
+                              self.lambda_tokens, self.lambda_latency, 0.0,
+                              max_tokens_left=tokens_left)
+            why = "deadline passed" + (" and token budget spent" if out_of_tokens else "")
+            kind = "cheapest in tokens" if out_of_tokens else "fastest"
             return dataclasses.replace(
-                fastest,
-                reason=f"deadline passed: fallback to the fastest configuration "
-                       f"({fastest.config.name}) for at most {self.fallback_allowance_s:g} s",
+                fallback,
+                reason=f"{why}: fallback to the {kind} configuration "
+                       f"({fallback.config.name}) for at most {self.fallback_allowance_s:g} s",
                 allowance_s=self.fallback_allowance_s,
                 any_fits=False,
             )
-        return decide(features, grid, cost_model, predictor,
-                      self.lambda_tokens, self.lambda_latency, allowance,
-                      latency_headroom=cost_model.latency_headroom())
+        cheapest = decide(features, grid, cost_model, predictor,
+                          self.lambda_tokens, self.lambda_latency, allowance,
+                          latency_headroom=cost_model.latency_headroom(),
+                          max_tokens_left=tokens_left)
+        return dataclasses.replace(
+            cheapest,
+            reason=f"token budget spent (max_episode_tokens={self.max_episode_tokens}, "
+                   f"{self.tokens_used} used): fallback to the cheapest configuration in "
+                   f"tokens ({cheapest.config.name})",
+        )
 
     def record_event(self, event: str, **detail: Any) -> TraceEvent:
         """Keep a non-step event (trace.events and the JSONL file, in order)."""
@@ -364,10 +542,22 @@ class Episode:
                 self.writer.write(item)
         return item
 
-    def record(self, record: StepRecord) -> None:
-        """Append a step record to the trace and, if set, to the JSONL file."""
+    def record(self, record: StepRecord, tool_calls: Sequence[str] = ()) -> None:
+        """Append a step record to the trace and, if set, to the JSONL file.
+
+        `tool_calls`: names of the tools the step called (default: the record's
+        ``tool_calls``); the time until the next step starts is attributed to them.
+        """
+        tools = tuple(tool_calls) or tuple(record.tool_calls)
+        predicted = self.predicted_tool_s(tools)
         with self._lock:  # one lock: the file and the in-memory trace keep the same order
             self._steps_done += 1
+            if record.spent is not None:
+                self._tokens_used += record.spent.generated_tokens
+            self._step_seconds.append(max(0.0, record.ended_at - record.started_at))
+            for name in tools:
+                self._tools_seen.setdefault(name, None)
+            self._round = _ToolRound(tools=tools, ended=self._clock(), predicted_s=predicted)
             self.trace.append(record)
             if self.writer is not None:
                 self.writer.write(record)
@@ -419,6 +609,20 @@ class Episode:
             f"Episode(id={self.id!r}, deadline_s={self.deadline_s:g}, "
             f"remaining_s={self.remaining_s():.2f}, steps={len(self.trace)})"
         )
+
+
+@dataclass
+class _ToolRound:
+    """The time between a step's end and the next step's start, while it runs."""
+
+    #: tools the step called
+    tools: tuple[str, ...]
+    #: the episode clock when the step was recorded (None: no step before the calls)
+    ended: float | None
+    #: their predicted seconds, summed, when the step was recorded
+    predicted_s: float
+    #: calls timed exactly (`Episode.observe_tool_time`)
+    calls: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
 
 class EpisodeRegistry:
@@ -485,6 +689,7 @@ def episode_config(
     expected_steps: int | None = None,
     safety_margin_s: float | None = None,
     on_deadline: OnDeadline | None = None,
+    max_episode_tokens: int | None = None,
 ) -> dict[str, Any]:
     """RunnableConfig that declares an episode for a LangGraph graph or any runnable.
 
@@ -498,7 +703,7 @@ def episode_config(
         ("tidal_episode_id", episode_id), ("tidal_lambda_tokens", lambda_tokens),
         ("tidal_lambda_latency", lambda_latency), ("tidal_trace_path", trace_path),
         ("tidal_expected_steps", expected_steps), ("tidal_safety_margin_s", safety_margin_s),
-        ("tidal_on_deadline", on_deadline),
+        ("tidal_on_deadline", on_deadline), ("tidal_max_episode_tokens", max_episode_tokens),
     ):
         if value is not None:
             configurable[key] = value

@@ -12,8 +12,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidal_agents.allocation import CostModel, PriorAccuracyPredictor, StepFeatures
+from tidal_agents.allocation.tool_time import TOOL_TIMES
 from tidal_agents.episode import Episode, allowance_for, current_episode
 from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
+from tidal_agents.trace.records import StepRecord
 
 
 @given(
@@ -44,20 +46,30 @@ def test_allowances_consumed_in_full_never_sum_past_the_deadline(
     deadline=st.floats(1.0, 120.0),
     expected=st.integers(1, 8),
     gaps=st.lists(st.tuples(st.floats(0, 1), st.floats(0, 3)), min_size=1, max_size=25),
+    tools=st.booleans(),
 )
 @settings(max_examples=300, deadline=None)
 def test_no_step_may_end_past_the_deadline(
-    deadline: float, expected: int, gaps: list[tuple[float, float]]
+    deadline: float, expected: int, gaps: list[tuple[float, float]], tools: bool
 ) -> None:
     """Steps spend part of their allowance and tools take time between them: a step
-    that starts in time, even if it spends its whole allowance, ends by the deadline."""
+    that starts in time, even if it spends its whole allowance, ends by the deadline.
+    With tools, each step records a tool call whose measured time later allowances
+    reserve."""
+    TOOL_TIMES.clear()
     clock = FakeClock()
     ep = Episode(deadline_s=deadline, expected_steps=expected, clock=clock)
     for i, (fraction, tool_s) in enumerate(gaps):
-        allowance = ep.allowance_s(i)
+        assert ep.next_step_index() == i
+        allowance = ep.allowance_s(i, tools_bound=tools)
         if allowance > 0:  # with none left the step does not run (decide() raises)
             assert clock.t + allowance <= ep.deadline - ep.safety_margin_s + 1e-9
-        clock.advance(allowance * fraction + tool_s)
+        clock.advance(allowance * fraction)
+        if tools:
+            ep.record(StepRecord(episode_id=ep.id, step_index=i, started_at=0, ended_at=0,
+                                 decision={}, strategy="single", n=1, tool_calls=["tool"]))
+        clock.advance(tool_s)
+    TOOL_TIMES.clear()
 
 
 def test_allowance_rule() -> None:

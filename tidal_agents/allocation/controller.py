@@ -2,8 +2,11 @@
 
 utility(m) = acc_hat(m) - lambda_T * tokens_hat(m) - lambda_L * latency_hat(m)
 (docs/design-notes.md, 'The allocation rule'), maximised over the configurations
-whose predicted latency fits the allowance. When none fits, the fastest one runs (an agent step must
-produce something; the strategy itself stops at the deadline).
+whose predicted latency fits the allowance and, under a token budget, whose predicted
+generated tokens fit what is left of it. When none fits, the fastest one runs
+(an agent step must produce something; the strategy itself stops at the
+deadline); when none fits the token budget, the one with the fewest predicted
+tokens runs.
 
 `decide` is a pure function of its inputs (the clock is read only to report how
 long deciding took), so a trace can be replayed exactly.
@@ -67,6 +70,8 @@ class StepDecision:
     any_fits: bool = True
     #: predicted latencies were multiplied by this before the fit test
     latency_headroom: float = 1.0
+    #: generated tokens left in the episode's token budget (None: no budget)
+    tokens_left: float | None = None
 
     @property
     def chosen(self) -> CandidateEstimate:
@@ -94,6 +99,7 @@ class StepDecision:
             "allowance_s": _json_float(self.allowance_s),
             "any_fits": self.any_fits,
             "latency_headroom": self.latency_headroom,
+            "tokens_left": self.tokens_left,
             "predictor_kind": self.predictor_kind,
             "lambda_tokens": self.lambda_tokens,
             "lambda_latency": self.lambda_latency,
@@ -129,13 +135,17 @@ def decide(
     lambda_latency: float,
     allowance_s: float,
     latency_headroom: float = 1.0,
+    max_tokens_left: float | None = None,
 ) -> StepDecision:
     """Choose the configuration of maximum utility among those that fit `allowance_s`.
 
     A configuration fits when its predicted latency times `latency_headroom`
     (>= 1; `CostModel.latency_headroom`, from how far recent steps overran their
-    predictions) is within the allowance. Ties go to the lower predicted
-    latency, then to the earlier grid entry.
+    predictions) is within the allowance and, when `max_tokens_left` is given
+    (an episode's token budget), its predicted generated tokens are at most
+    that. Ties go to the lower predicted latency, then to the earlier grid
+    entry. When none fits: the fastest among those within the token budget, or,
+    when none is, the one with the fewest predicted tokens.
     """
     t0 = time.perf_counter()
     lt = check_lambda("lambda_tokens", lambda_tokens)
@@ -143,6 +153,8 @@ def decide(
     allowance = check_allowance(allowance_s)
     check_number("latency_headroom", latency_headroom, lo=1, hi=100)
     headroom = float(latency_headroom)
+    check_number("max_tokens_left", max_tokens_left, allow_none=True)
+    tokens_left = None if max_tokens_left is None else float(max_tokens_left)
     if not grid:
         raise TidalConfigError("The allocation grid is empty; pass at least one StrategyConfig.")
     accs = predictor.predict(features, grid)
@@ -161,11 +173,15 @@ def decide(
                 tokens=cost.tokens,
                 latency_s=cost.latency_s,
                 utility=acc - lt * cost.tokens - ll * cost.latency_s,
-                fits=cost.latency_s * headroom <= allowance,
+                fits=cost.latency_s * headroom <= allowance
+                and (tokens_left is None or cost.tokens <= tokens_left),
             )
         )
     order = range(len(cands))
     fitting = [i for i in order if cands[i].fits]
+    within_tokens = [
+        i for i in order if tokens_left is None or cands[i].tokens <= tokens_left
+    ]
     if fitting:
         best = min(fitting, key=lambda i: (-cands[i].utility, cands[i].latency_s, i))
         c = cands[best]
@@ -175,12 +191,21 @@ def decide(
             f"allowance {allowance:.2f}s{margin}: {c.name} (acc {c.accuracy:.2f}, "
             f"{c.tokens:.0f} tok, {c.latency_s:.2f}s, utility {c.utility:.3f})"
         )
-    else:
-        best = min(order, key=lambda i: (cands[i].latency_s, i))
+        if tokens_left is not None:
+            reason += f"; {tokens_left:.0f} tokens left"
+    elif within_tokens:
+        best = min(within_tokens, key=lambda i: (cands[i].latency_s, i))
         c = cands[best]
         reason = (
             f"none fits the allowance {allowance:.2f}s: running the fastest, {c.name} "
             f"({c.latency_s:.2f}s predicted)"
+        )
+    else:
+        best = min(order, key=lambda i: (cands[i].tokens, cands[i].latency_s, i))
+        c = cands[best]
+        reason = (
+            f"none fits the token budget ({tokens_left:.0f} tokens left): running the "
+            f"cheapest in tokens, {c.name} ({c.tokens:.0f} tok predicted)"
         )
     return StepDecision(
         config=c.config,
@@ -193,6 +218,7 @@ def decide(
         decision_time_s=time.perf_counter() - t0,
         any_fits=bool(fitting),
         latency_headroom=headroom,
+        tokens_left=tokens_left,
     )
 
 

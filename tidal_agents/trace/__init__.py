@@ -43,6 +43,11 @@ class Trace:
         with self._lock:
             return list(self._records)
 
+    @property
+    def tokens_used(self) -> int:
+        """Generated tokens of all steps (what ``max_episode_tokens`` limits)."""
+        return sum(r.spent.generated_tokens for r in self.records if r.spent is not None)
+
     def __len__(self) -> int:
         return len(self._records)
 

@@ -77,6 +77,8 @@ class StepRecord(BaseModel):
     finish: str | None = None
     error: str | None = None
     features: dict[str, Any] = {}
+    #: names of the tools the step called (the time until the next step is theirs)
+    tool_calls: list[str] = []
 
     @property
     def latency_error(self) -> float | None:
