@@ -388,3 +388,24 @@ def test_with_time_left_tools_stay_callable_and_required_calls_are_never_wrapped
         required = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("add 2 and 3")],
                         episode, tools=[ADD_TOOL], tool_choice="any")
     assert required.message.tool_calls and "wrap_up" not in required.record.selection
+
+
+# ------------------------------------------------------- tools and budgets
+def test_tool_steps_name_their_calls_so_the_episode_learns_tool_time() -> None:
+    engine = FakeEngine(replies=(GOOD_CALL,))
+    with Episode(deadline_s=30) as episode:
+        outcome = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("add 2 and 3")],
+                       episode, tools=[ADD_TOOL])
+        assert outcome.record.tool_calls == ["add"]
+        _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("again")], episode)
+    (event,) = [e for e in episode.trace.events if e.event == "tool_time"]
+    assert event.detail["tools"] == ["add"] and event.detail["seconds"] >= 0
+
+
+def test_a_token_budget_caps_the_samples_tokens() -> None:
+    engine = FakeEngine(replies=("one two three four five six seven eight nine ten",))
+    with Episode(deadline_s=30, max_episode_tokens=6) as episode:
+        outcome = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("count")], episode)
+    assert engine.requests[0].max_tokens == 6
+    assert outcome.record.decision["tokens_left"] == 6
+    assert episode.tokens_used == 6

@@ -84,9 +84,10 @@ def step_record(
     result: StrategyResult | None,
     error: str | None,
     finish: str | None = None,
+    tool_calls: Sequence[str] = (),
 ) -> StepRecord:
     episode = context.episode
-    return StepRecord.from_step(
+    record = StepRecord.from_step(
         episode_id=episode.id if episode else None,
         step_index=context.step_index,
         node=context.metadata.get("langgraph_node"),
@@ -101,6 +102,8 @@ def step_record(
         features=features,
         finish=finish,
     )
+    # the episode attributes the time until the next step to these tools
+    return record.model_copy(update={"tool_calls": list(tool_calls)}) if tool_calls else record
 
 
 def to_message(

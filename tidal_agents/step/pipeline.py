@@ -109,7 +109,10 @@ class StepPipeline:
         )
         if wrapping_up is not None:
             decision = replace(decision, reason=f"{wrapping_up.reason()}; {decision.reason}")
-        chosen = fit_config(allocation, decision.config, prepared.max_tokens)
+        chosen = fit_config(
+            allocation, decision.config, token_room(prepared.max_tokens, decision.tokens_left,
+                                                    decision.config.n)
+        )
         allowance_s = decision.allowance_s
         deadline = time.monotonic() + allowance_s if math.isfinite(allowance_s) else None
         stream = on_token if chosen.strategy == "single" and prepared.guided is None else None
@@ -136,6 +139,7 @@ class StepPipeline:
         record = step_record(
             context, decision, features, result, error,
             finish="tool_call" if parsed.tool_calls else "answer",
+            tool_calls=[c["name"] for c in parsed.tool_calls],
         )
         if episode is not None:
             episode.record(record)
@@ -255,3 +259,11 @@ def fallback_time_left(episode: Episode | None) -> float | None:
     if episode is None:
         return None
     return max(episode.remaining_s() - episode.safety_margin_s, 0.0)
+
+
+def token_room(max_tokens: int, tokens_left: float | None, samples: int) -> int:
+    """Tokens per sample: the call's room, capped so that the samples together stay
+    within the episode's token budget (at least 1)."""
+    if tokens_left is None:
+        return max_tokens
+    return max(1, min(max_tokens, int(tokens_left // max(samples, 1))))
