@@ -1,17 +1,31 @@
-"""`tidal-agents bench engine`: start-up, throughput, and n-sampling vs sequential."""
+"""`tidal-agents bench engine`: start-up, throughput, and one n=8 request against 8 n=1
+requests, concurrent (the fair baseline) and sequential, interleaved in one run."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import time
 from typing import Any
 
+from tidal_agents.bench.stats import rotated, spread
 from tidal_agents.engine import EngineConfig, GenerationRequest, LocalVLLMEngine
 from tidal_agents.engine.remote import RemoteVLLMEngine
 from tidal_agents.engine.vllm_server import VLLMServer
 
 _QUESTION = "Explain in a few sentences why the sky is blue."
+
+
+#: what the figures of `run` mean where the name alone could mislead
+DEFINITIONS: dict[str, str] = {
+    "n8_vs_8x_n1_ratio": "unchanged: wall time of one n=8 request / 8 SEQUENTIAL n=1 "
+    "requests, sums over the repeats (vLLM's batching, not a fair baseline)",
+    "n8_vs_8x_n1_concurrent_ratio": "median over interleaved repeats of wall(one n=8 "
+    "request) / wall(8 CONCURRENT n=1 requests, asyncio.gather): the fair baseline",
+    "tok_s_n1": "generated tokens per second of one n=1 request (EOS ignored), over repeats",
+    "tok_s_n8": "generated tokens per second of one n=8 request (EOS ignored), over repeats",
+}
 
 
 async def _measure(engine: LocalVLLMEngine, max_tokens: int, repeats: int) -> dict[str, Any]:
@@ -23,26 +37,40 @@ async def _measure(engine: LocalVLLMEngine, max_tokens: int, repeats: int) -> di
             prompt=prompt, n=n, temperature=0.8, max_tokens=max_tokens, ignore_eos=True
         )
 
+    async def n1() -> int:
+        return (await engine.generate(req(1))).generated_tokens
+
+    async def n8() -> int:
+        return (await engine.generate(req(8))).generated_tokens
+
+    async def concurrent() -> int:
+        return sum(r.generated_tokens
+                   for r in await asyncio.gather(*(engine.generate(req(1)) for _ in range(8))))
+
+    async def sequential() -> int:
+        return sum([(await engine.generate(req(1))).generated_tokens for _ in range(8)])
+
+    runs = {"n1": n1, "n8": n8, "concurrent": concurrent, "sequential": sequential}
     await engine.generate(req(2))  # warm-up: first-request costs are not throughput
-    n1_walls, n8_walls, seq_walls = [], [], []
-    n1_tokens = n8_tokens = 0
-    for _ in range(repeats):
-        r1 = await engine.generate(req(1))
-        n1_walls.append(r1.wall_s)
-        n1_tokens += r1.generated_tokens
-        r8 = await engine.generate(req(8))
-        n8_walls.append(r8.wall_s)
-        n8_tokens += r8.generated_tokens
-        t0 = time.perf_counter()
-        for _ in range(8):
-            await engine.generate(req(1))
-        seq_walls.append(time.perf_counter() - t0)
+    walls: dict[str, list[float]] = {k: [] for k in runs}
+    tokens = dict.fromkeys(runs, 0)
+    for i in range(repeats):
+        for name in rotated(list(runs), i):  # interleaved: drifts in load hit every side
+            t0 = time.perf_counter()
+            tokens[name] += await runs[name]()
+            walls[name].append(time.perf_counter() - t0)
+    concurrent_ratios = [a / b for a, b in zip(walls["n8"], walls["concurrent"], strict=True)]
+    sequential_ratios = [a / b for a, b in zip(walls["n8"], walls["sequential"], strict=True)]
     return {
-        "tok_s_n1": n1_tokens / sum(n1_walls),
-        "tok_s_n8": n8_tokens / sum(n8_walls),
-        "n8_vs_8x_n1_ratio": sum(n8_walls) / sum(seq_walls),
-        "n8_wall_s": sum(n8_walls) / repeats,
-        "sequential_8x_n1_wall_s": sum(seq_walls) / repeats,
+        "tok_s_n1": tokens["n1"] / sum(walls["n1"]),
+        "tok_s_n8": tokens["n8"] / sum(walls["n8"]),
+        "n8_vs_8x_n1_ratio": sum(walls["n8"]) / sum(walls["sequential"]),
+        "n8_vs_8x_n1_ratio_spread": spread(sequential_ratios),
+        "n8_vs_8x_n1_concurrent_ratio": statistics.median(concurrent_ratios),
+        "n8_vs_8x_n1_concurrent_ratio_spread": spread(concurrent_ratios),
+        "n8_wall_s": sum(walls["n8"]) / repeats,
+        "concurrent_8x_n1_wall_s": sum(walls["concurrent"]) / repeats,
+        "sequential_8x_n1_wall_s": sum(walls["sequential"]) / repeats,
     }
 
 
@@ -57,7 +85,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(
-    config: EngineConfig | None = None, max_tokens: int = 64, repeats: int = 2
+    config: EngineConfig | None = None, max_tokens: int = 64, repeats: int = 3
 ) -> dict[str, Any]:
     engine = LocalVLLMEngine(config)
     t0 = time.perf_counter()
@@ -68,7 +96,7 @@ def run(
     finally:
         engine.shutdown()
     return {"startup_s": startup, **figures, "max_tokens": max_tokens, "repeats": repeats,
-            "backend": engine.backend_id}
+            "backend": engine.backend_id, "definitions": DEFINITIONS}
 
 
 async def _remote_vs_local(
