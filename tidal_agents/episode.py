@@ -82,6 +82,11 @@ CONFIG_KEYS = {
 }
 
 
+def overrun_bound_s(deadline_s: float) -> float:
+    """B for a deadline: max(0.25 s, 2% of it)."""
+    return max(0.25, 0.02 * deadline_s)
+
+
 def current_episode() -> Episode | None:
     """The episode active in this thread / task, if any."""
     return _CURRENT.get()
@@ -338,6 +343,12 @@ class Episode:
     def deadline(self) -> float:
         """The deadline as an absolute ``time.monotonic()`` value."""
         return self.started + self.deadline_s
+
+    @property
+    def overrun_bound_s(self) -> float:
+        """B: every step of this episode returns (or raises) by deadline + B, a hung
+        engine included: max(0.25 s, 2% of the deadline). See docs/reliability.md."""
+        return overrun_bound_s(self.deadline_s)
 
     def elapsed_s(self) -> float:
         return self._clock() - self.started

@@ -409,3 +409,20 @@ def test_a_token_budget_caps_the_samples_tokens() -> None:
     assert engine.requests[0].max_tokens == 6
     assert outcome.record.decision["tokens_left"] == 6
     assert episode.tokens_used == 6
+
+
+def test_a_hung_step_returns_by_the_episodes_deadline_plus_its_bound() -> None:
+    engine = FakeEngine(hang=True)
+
+    async def run() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        with Episode(deadline_s=1.0, expected_steps=1) as episode:
+            assert episode.overrun_bound_s == 0.25
+            with pytest.raises(TidalEngineError, match="did not return"):
+                await _pipeline(engine, strategy=GREEDY).run(
+                    [HumanMessage("hi")], parse_call_options({}), (), episode, {}
+                )
+            return loop.time() - start
+
+    assert asyncio.run(run()) <= 1.0 + 0.25

@@ -27,16 +27,22 @@ async def run_guarded(
     config: StrategyConfig,
     deadline: float | None,
     on_token: TokenCallback | None,
+    hard_limit: float | None = None,
 ) -> StrategyResult:
-    """The strategy, cancelled `HANG_GRACE_S` after `deadline` if it has not returned."""
-    limit = None if deadline is None else max(deadline - time.monotonic(), 0) + HANG_GRACE_S
+    """The strategy, cancelled if it has not returned `HANG_GRACE_S` after `deadline`
+    or at `hard_limit` (absolute ``time.monotonic()``; the episode's deadline + B),
+    whichever comes first."""
+    ends = [t for t in (
+        None if deadline is None else deadline + HANG_GRACE_S, hard_limit
+    ) if t is not None]
+    limit = max(min(ends) - time.monotonic(), 0) if ends else None
     try:
         async with asyncio.timeout(limit):
             return await run_strategy(engine, step, config, deadline, on_token)
     except TimeoutError as exc:
         raise TidalEngineError(
-            f"The engine did not return within the step's allowance + {HANG_GRACE_S:g} s; "
-            "the request was cancelled."
+            f"The engine did not return within the step's allowance + {HANG_GRACE_S:g} s "
+            "(or by the episode's deadline + its bound); the request was cancelled."
         ) from exc
 
 
@@ -47,6 +53,7 @@ async def execute(
     deadline: float | None,
     on_token: TokenCallback | None,
     max_retries: int,
+    hard_limit: float | None = None,
 ) -> StrategyResult:
     """`run_guarded`, retried on engine errors, never past `deadline`.
 
@@ -60,7 +67,9 @@ async def execute(
     async for attempt in retrying:
         with attempt:
             try:
-                result = await run_guarded(engine, step, config, deadline, on_token)
+                result = await run_guarded(
+                    engine, step, config, deadline, on_token, hard_limit
+                )
             except TidalEngineError as exc:
                 errors.append(str(exc))
                 raise

@@ -115,11 +115,12 @@ class StepPipeline:
         )
         allowance_s = decision.allowance_s
         deadline = time.monotonic() + allowance_s if math.isfinite(allowance_s) else None
+        limit = hard_limit(episode)
         stream = on_token if chosen.strategy == "single" and prepared.guided is None else None
         try:
             result = await execute(
                 self.engine, prepared.step_input(), chosen, deadline, stream,
-                self.settings.max_retries,
+                self.settings.max_retries, limit,
             )
         except Exception as exc:
             if episode is not None:
@@ -131,10 +132,12 @@ class StepPipeline:
             result = prefer_complete(result)
         if wrapping_up is not None:
             result = replace(result, details={**result.details, "wrap_up": asdict(wrapping_up)})
-        result, parsed = await self._parse(prepared, result, chosen, deadline)
+        result, parsed = await self._parse(prepared, result, chosen, deadline, limit)
         self.cost_model.update(chosen, features, result.cost)
         if not has_usable_output(parsed) and allocation.strategy is None:
-            result, parsed = await self._fallback(prepared, features, result, parsed, episode)
+            result, parsed = await self._fallback(
+                prepared, features, result, parsed, episode, limit
+            )
         error = None if has_usable_output(parsed) else no_usable_output_error(result)
         record = step_record(
             context, decision, features, result, error,
@@ -155,6 +158,7 @@ class StepPipeline:
         result: StrategyResult,
         parsed: tp.ParsedReply,
         episode: Episode | None,
+        limit: float | None,
     ) -> tuple[StrategyResult, tp.ParsedReply]:
         """A short greedy decode when the chosen configuration left nothing usable
         (cut short, or a half-written call), if the time left is predicted to fit it."""
@@ -168,13 +172,13 @@ class StepPipeline:
         try:
             rescue = await execute(
                 self.engine, prepared.step_input(), greedy, deadline, None,
-                self.settings.max_retries,
+                self.settings.max_retries, limit,
             )
         except TidalEngineError as exc:
             details = {**result.details, "fallback": f"failed: {exc}"}
             return replace(result, details=details), parsed
         self.cost_model.update(greedy, features, rescue.cost)
-        rescue, rescued = await self._parse(prepared, rescue, greedy, deadline)
+        rescue, rescued = await self._parse(prepared, rescue, greedy, deadline, limit)
         merged = replace(
             result,
             selected=rescue.selected,
@@ -189,6 +193,7 @@ class StepPipeline:
         result: StrategyResult,
         chosen: StrategyConfig,
         deadline: float | None,
+        limit: float | None,
     ) -> tuple[StrategyResult, tp.ParsedReply]:
         """The reply's content and calls (checked against the bound tools, even on a
         backend that ignored the grammar), with the loop guard applied."""
@@ -206,7 +211,7 @@ class StepPipeline:
             self.engine,
             StepInput(prompt=prepared.prompt, guided=tp.answer_grammar(), stop=prepared.stops),
             StrategyConfig("single", temperature=0.0, max_tokens=chosen.max_tokens),
-            deadline, None, self.settings.max_retries,
+            deadline, None, self.settings.max_retries, limit,
         )
         parsed = tp.parse_reply(
             answer.selected.text, True, tools=list(prepared.options.specs) or None
@@ -267,3 +272,13 @@ def token_room(max_tokens: int, tokens_left: float | None, samples: int) -> int:
     if tokens_left is None:
         return max_tokens
     return max(1, min(max_tokens, int(tokens_left // max(samples, 1))))
+
+
+def hard_limit(episode: Episode | None) -> float | None:
+    """When a step is cancelled, hung engine or not: the episode's deadline plus half
+    its bound B, the other half left for the cancellation to return (None outside
+    an episode)."""
+    if episode is None:
+        return None
+    # through remaining_s: the episode's clock need not be time.monotonic
+    return time.monotonic() + episode.remaining_s() + episode.overrun_bound_s / 2
