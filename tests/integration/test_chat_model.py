@@ -139,7 +139,11 @@ def test_create_agent_episode_with_deadline(tmp_path: Path) -> None:
     assert [s.step_index for s in steps] == list(range(len(steps)))
     assert all(s.node == "model" for s in steps)
     lines = [json.loads(line) for line in trace_path.read_text().splitlines()]
-    assert len(lines) == len(steps)
+    assert len([line for line in lines if "event" not in line]) == len(steps)
+    # the time between the tool call and the next step is the tool's, and is recorded
+    events = [line for line in lines if "event" in line]
+    assert [e["event"] for e in events] == ["tool_time"] * (len(steps) - 1)
+    assert events[0]["detail"]["tools"] == ["multiply"]
     png = tmp_path / "timeline.png"
     ep.trace.plot(png)
     assert matplotlib.image.imread(str(png)).shape[0] > 100
