@@ -22,6 +22,7 @@ from tidal_agents.episode import Episode, EpisodeRegistry, current_episode
 from tidal_agents.errors import TidalEngineError
 from tidal_agents.step.decide import (
     AllocationSettings,
+    WrapUp,
     decide_step,
     fit_config,
     step_grid,
@@ -86,17 +87,7 @@ class StepPipeline:
         started_wall = time.time()
         prepared = prepare_step(self.engine, messages, options, stops, self.settings.max_tokens)
         step_index = episode.next_step_index() if episode else 0
-        load = int(getattr(self.engine, "in_flight_sequences", 0))
-        features = step_features(prepared, step_index, load)
-        wrapping_up = wrap_up(
-            features, options.choice.mode, prepared.max_tokens, episode, self.cost_model
-        )
-        if wrapping_up is not None:  # answer under the answer-only grammar
-            answer_only = replace(options, choice=tp.ToolChoice("none"))
-            prepared = prepare_step(
-                self.engine, messages, answer_only, stops, self.settings.max_tokens
-            )
-            features = step_features(prepared, step_index, load)
+        prepared, features, wrapping_up = self._wrap_up_if_due(prepared, step_index, episode)
         context = StepContext(
             episode=episode, step_index=step_index, metadata=metadata,
             started_wall=started_wall,
@@ -109,10 +100,8 @@ class StepPipeline:
         )
         if wrapping_up is not None:
             decision = replace(decision, reason=f"{wrapping_up.reason()}; {decision.reason}")
-        chosen = fit_config(
-            allocation, decision.config, token_room(prepared.max_tokens, decision.tokens_left,
-                                                    decision.config.n)
-        )
+        room = token_room(prepared.max_tokens, decision.tokens_left, decision.config.n)
+        chosen = fit_config(allocation, decision.config, room)
         allowance_s = decision.allowance_s
         deadline = time.monotonic() + allowance_s if math.isfinite(allowance_s) else None
         limit = hard_limit(episode)
@@ -150,6 +139,24 @@ class StepPipeline:
             parsed, result, chosen, decision, context, self.settings.model_name, error
         )
         return StepOutcome(message=message, record=record)
+
+    def _wrap_up_if_due(
+        self, prepared: PreparedStep, step_index: int, episode: Episode | None
+    ) -> tuple[PreparedStep, StepFeatures, WrapUp | None]:
+        """The step as prepared, or re-prepared under the answer-only grammar when the
+        episode has no time left for another tool round trip."""
+        load = self.engine.in_flight_sequences
+        features = step_features(prepared, step_index, load)
+        options = prepared.options
+        due = wrap_up(features, options.choice.mode, prepared.max_tokens, episode,
+                      self.cost_model)
+        if due is None:
+            return prepared, features, None
+        answer_only = replace(options, choice=tp.ToolChoice("none"))
+        prepared = prepare_step(
+            self.engine, prepared.messages, answer_only, prepared.stops, self.settings.max_tokens
+        )
+        return prepared, step_features(prepared, step_index, load), due
 
     async def _fallback(
         self,
