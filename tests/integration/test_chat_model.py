@@ -170,7 +170,7 @@ def test_examples_run_end_to_end(monkeypatch: pytest.MonkeyPatch) -> None:
 
     root = Path(__file__).resolve().parents[2] / "examples"
     monkeypatch.syspath_prepend(str(root))  # as when an example runs as a script
-    for name in ("calculator_agent", "langgraph_agent"):
+    for name in ("calculator_agent", "langgraph_agent", "budgeted_agent"):
         spec = importlib.util.spec_from_file_location(name, root / f"{name}.py")
         assert spec and spec.loader
         module = importlib.util.module_from_spec(spec)
