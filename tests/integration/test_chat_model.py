@@ -75,13 +75,13 @@ def test_usage_counts_every_sample(model: TidalChatModel) -> None:
     fixed = TidalChatModel(max_tokens=16, strategy=StrategyConfig("best_of_n", n=4,
                                                                  selector="majority",
                                                                  max_tokens=16))
-    msg = fixed.invoke("Name a fruit.")
+    # a prompt no sample finishes in 16 tokens: each sample writes all 16
+    msg = fixed.invoke("Write a long story about the sea, in many chapters.")
     tidal = msg.response_metadata["tidal"]
     assert tidal["strategy"].startswith("bo4")
     usage = msg.usage_metadata
     assert usage is not None
-    # four samples' tokens, not one
-    assert usage["output_tokens"] > 16 or usage["output_tokens"] >= 4
+    assert usage["output_tokens"] == 4 * 16  # four samples' tokens, not one
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
@@ -132,7 +132,7 @@ def test_create_agent_episode_with_deadline(tmp_path: Path) -> None:
         result = agent.invoke({"messages": [("user", "What is 12 times 7?")]},
                               {"recursion_limit": 6})
         elapsed = ep.elapsed_s()
-    assert elapsed <= deadline + ep.safety_margin_s + 1.0
+    assert elapsed <= deadline + ep.overrun_bound_s
     steps = list(ep.trace)
     model_calls = [m for m in result["messages"] if isinstance(m, AIMessage)]
     assert len(steps) == len(model_calls) >= 2

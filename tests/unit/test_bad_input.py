@@ -685,3 +685,9 @@ def test_engine_config_unknown_vllm_args_are_named() -> None:
 def test_every_error_here_is_a_tidal_error_and_a_value_error() -> None:
     assert issubclass(TidalConfigError, TidalError)
     assert issubclass(TidalConfigError, ValueError)
+
+
+def test_a_remote_schema_ref_is_refused_before_generation() -> None:
+    with pytest.raises(TidalConfigError, match="is not local"):
+        GuidedDecoding(json_schema={"type": "object", "properties": {
+            "a": {"$ref": "https://example.com/s.json"}}})

@@ -103,13 +103,19 @@ def check_json_schema(schema: Any) -> None:
 
 
 def _check_local_refs(schema: dict[str, Any]) -> None:
-    """Raise TidalConfigError on a local ``$ref`` ('#/...') that points nowhere: the
-    grammar compiler would only find out inside the engine, mid-step."""
+    """Raise TidalConfigError on a ``$ref`` that is not local (nothing is fetched:
+    a URL or file ref cannot be resolved) or a local one ('#/...') that points
+    nowhere: the grammar compiler would only find out inside the engine, mid-step."""
     stack: list[Any] = [schema]
     while stack:
         item = stack.pop()
         if isinstance(item, dict):
             ref = item.get("$ref")
+            if isinstance(ref, str) and not ref.startswith("#"):
+                raise TidalConfigError(
+                    f"JSON schema $ref {ref!r} is not local: schemas are never fetched; "
+                    "allowed are local refs to definitions in the schema ('#/$defs/...')."
+                )
             if isinstance(ref, str) and ref.startswith("#/"):
                 target: Any = schema
                 for part in ref[2:].split("/"):
