@@ -170,7 +170,7 @@ class StepPipeline:
         """A short greedy decode when the chosen configuration left nothing usable
         (cut short, or a half-written call), if the time left is predicted to fit it."""
         greedy = StrategyConfig("single", temperature=0.0, max_tokens=prepared.max_tokens)
-        time_left = fallback_time_left(episode)
+        time_left = fallback_time_left(episode, features)
         predicted = self.cost_model.predict(greedy, features).latency_s
         if time_left is not None and predicted * self.cost_model.latency_headroom() > time_left:
             details = {**result.details, "fallback": "skipped: no time left"}
@@ -265,20 +265,13 @@ def no_usable_output_error(result: StrategyResult) -> str:
     return f"{NO_USABLE_REPLY}: the step was {why} with no complete answer or tool call"
 
 
-def fallback_time_left(episode: Episode | None) -> float | None:
-    """Seconds a fallback decode may take: the episode's time above its safety
-    margin (None: no episode, no limit)."""
+def fallback_time_left(episode: Episode | None, features: StepFeatures) -> float | None:
+    """Seconds a fallback decode may take: the step's fair share of what the episode
+    has left now, the later steps and their tool rounds reserved (None: no episode,
+    no limit). Taking all of it would leave no time for the tool the rescue calls."""
     if episode is None:
         return None
-    return max(episode.remaining_s() - episode.safety_margin_s, 0.0)
-
-
-def token_room(max_tokens: int, tokens_left: float | None, samples: int) -> int:
-    """Tokens per sample: the call's room, capped so that the samples together stay
-    within the episode's token budget (at least 1)."""
-    if tokens_left is None:
-        return max_tokens
-    return max(1, min(max_tokens, int(tokens_left // max(samples, 1))))
+    return episode.allowance_s(features.step_index, tools_bound=features.tools_bound > 0)
 
 
 def hard_limit(episode: Episode | None) -> float | None:
@@ -289,3 +282,11 @@ def hard_limit(episode: Episode | None) -> float | None:
         return None
     # through remaining_s: the episode's clock need not be time.monotonic
     return time.monotonic() + episode.remaining_s() + episode.overrun_bound_s / 2
+
+
+def token_room(max_tokens: int, tokens_left: float | None, samples: int) -> int:
+    """Tokens per sample: the call's room, capped so that the samples together stay
+    within the episode's token budget (at least 1)."""
+    if tokens_left is None:
+        return max_tokens
+    return max(1, min(max_tokens, int(tokens_left // max(samples, 1))))
