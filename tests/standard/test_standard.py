@@ -24,7 +24,8 @@ _STANDARD = {"temperature": 0, "max_tokens": 64, "timeout": 60, "stop": [], "max
 # allocation on. A few of its checks need one exact reply from a 135M model (the
 # argument 3 of `magic_function(3)`, Chinese characters copied into a tool
 # argument, a tool call rather than an answer); a vote over T=0.7 samples misses
-# those now and then, so those checks alone run a greedy model (see _greedy_check).
+# those now and then, so those checks alone get a greedy model from the `model`
+# fixture (the suite forbids overriding its checks, not its fixtures).
 _GREEDY = {**_STANDARD, "strategy": StrategyConfig("single", temperature=0.0, max_tokens=64)}
 
 
@@ -37,6 +38,14 @@ class TestTidalChatModelUnit(ChatModelUnitTests):
 class TestTidalChatModelIntegration(ChatModelIntegrationTests):
     chat_model_class = TidalChatModel
     standard_chat_model_params = _STANDARD
+    #: the checks that need one exact reply, and why
+    exact_reply_checks = {
+        "test_tool_calling": "asserts the argument 3 of magic_function(3)",
+        "test_tool_calling_async": "asserts the argument 3 of magic_function(3)",
+        "test_agent_loop": "asserts a tool call, not an answer, for a weather question",
+        "test_unicode_tool_call_integration": "asserts Chinese characters copied into an "
+        "argument",
+    }
     has_tool_choice = True
     has_structured_output = True
     supports_json_mode = True
@@ -53,6 +62,16 @@ class TestTidalChatModelIntegration(ChatModelIntegrationTests):
     supports_pdf_tool_message = False
     # Anthropic-format content blocks (tool_use in content) are a provider format.
     supports_anthropic_inputs = False
+
+    @pytest.fixture
+    def model(self, request: Any) -> TidalChatModel:
+        """The suite's model: the default configuration, or greedy for a check in
+        `exact_reply_checks`."""
+        params = {**self.standard_chat_model_params, **self.chat_model_params,
+                  **(getattr(request, "param", None) or {})}
+        if request.node.originalname in self.exact_reply_checks:
+            params["strategy"] = _GREEDY["strategy"]
+        return TidalChatModel(**params)
 
 
 def _cache_read_invoke(model: TidalChatModel) -> Any:
@@ -75,29 +94,3 @@ def _invoke_with_cache_read_input(self: Any, *, stream: bool = False) -> Any:
 
 
 TestTidalChatModelIntegration.invoke_with_cache_read_input = _invoke_with_cache_read_input  # type: ignore[method-assign]
-
-
-def _greedy_check(name: str) -> None:
-    """Run the suite's check `name` on the same model made greedy: it needs one
-    exact reply. The check keeps its own marks (parametrised model settings)."""
-    base = getattr(ChatModelIntegrationTests, name)
-
-    def greedy(model: TidalChatModel) -> TidalChatModel:
-        return model.model_copy(update={"strategy": _GREEDY["strategy"]})
-
-    if name.endswith("_async"):
-        async def check(self: Any, model: Any, *args: Any, **kwargs: Any) -> None:
-            await base(self, greedy(model), *args, **kwargs)
-    else:
-        def check(self: Any, model: Any, *args: Any, **kwargs: Any) -> None:
-            base(self, greedy(model), *args, **kwargs)
-
-    check.__name__ = name
-    check.__doc__ = f"{name} on a greedy model: the check needs one exact reply."
-    check.pytestmark = list(getattr(base, "pytestmark", []))  # type: ignore[attr-defined]
-    setattr(TestTidalChatModelIntegration, name, check)
-
-
-for _name in ("test_tool_calling", "test_tool_calling_async", "test_agent_loop",
-              "test_unicode_tool_call_integration"):
-    _greedy_check(_name)
