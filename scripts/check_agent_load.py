@@ -13,7 +13,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -40,7 +39,8 @@ def _episode(model: TidalChatModel, index: int, deadline_s: float) -> dict[str, 
     agent = create_agent(model=model, tools=[box_volume],
                          system_prompt="Use the tool, then answer with the number.")
     final, error = None, None
-    started = time.monotonic()
+    # the episode's clock starts once the engine has started (model.episode starts
+    # it first): a cold engine's start-up is not episode time
     with model.episode(deadline_s=deadline_s) as ep:
         try:
             out = agent.invoke({"messages": [("user", f"What is the volume of a box "
@@ -49,7 +49,7 @@ def _episode(model: TidalChatModel, index: int, deadline_s: float) -> dict[str, 
             final = out["messages"][-1]
         except Exception as exc:  # an error outcome, counted by type below
             error = f"{type(exc).__name__}: {exc}"[:200]
-    wall = time.monotonic() - started
+        wall = ep.elapsed_s()
     return {"outcome": classify_episode(final, wall, deadline_s, raised=error is not None),
             "wall_s": round(wall, 3), "error": error, "steps": len(ep.trace),
             "cut_short_steps": sum(r.cut_short for r in ep.trace),
