@@ -142,6 +142,8 @@ class FakeEngine:
         self.tokenizer = FakeTokenizer()
         #: samples of the generate calls in progress (the engine's load)
         self.in_flight_sequences = 0
+        #: prompt tokens waiting for prefill (the fake prefills instantly)
+        self.queued_prompt_tokens = 0
         self._next_reply = 0
 
     # ------------------------------------------------------------ protocol

@@ -7,11 +7,12 @@ import json
 import math
 
 import pytest
-from fakes import ADD_TOOL, FakeEngine
+from fakes import ADD_TOOL, FakeClock, FakeEngine
 from langchain_core.messages import AIMessage, HumanMessage, SystemMessage, ToolMessage
 
 from tidal_agents import tool_protocol as tp
 from tidal_agents.allocation import CostModel, PriorAccuracyPredictor, StepFeatures
+from tidal_agents.allocation.tool_time import TOOL_TIMES
 from tidal_agents.episode import Episode, EpisodeRegistry
 from tidal_agents.errors import TidalConfigError, TidalEngineError
 from tidal_agents.step import execute as execute_module
@@ -426,3 +427,81 @@ def test_a_hung_step_returns_by_the_episodes_deadline_plus_its_bound() -> None:
             return loop.time() - start
 
     assert asyncio.run(run()) <= 1.0 + 0.25
+
+
+# ------------------------------------------------------------ under load
+def test_a_cut_tool_step_without_time_for_a_round_trip_is_rescued_with_an_answer() -> None:
+    """When the time left after a cut step cannot fit a rescued call's tool round and
+    the answer after it, the rescue answers under the answer-only grammar: the
+    episode still ends with a usable reply."""
+    specs = parse_call_options({"tools": [ADD_TOOL]}).specs
+    answer_only = tp.reply_grammar(list(specs), tp.ToolChoice("none"), False)
+    clock = FakeClock()
+
+    def replies(request) -> list[str]:
+        if request.temperature != 0:
+            clock.advance(4.5)  # the sampled step overran and was cut
+            return [CUT_CALL] * request.n
+        return ['{"answer": "5"}'] if request.guided == answer_only else [GOOD_CALL]
+
+    engine = FakeEngine(replies=replies)
+    TOOL_TIMES.clear()  # what other tests taught the process about "add"
+    try:
+        with Episode(deadline_s=30, clock=clock) as episode:
+            # a tool round of 25 s fits at the start, not after the 4.5 s lost
+            episode.observe_tool_time("add", 25.0)
+            outcome = _run(_pipeline(engine, grid=(BO4,)), [HumanMessage("add 2 and 3")],
+                           episode, tools=[ADD_TOOL])
+    finally:
+        TOOL_TIMES.clear()
+    assert "wrap_up" not in outcome.record.selection
+    assert outcome.message.content == "5" and not outcome.message.tool_calls
+    assert outcome.record.selection["fallback"] == "greedy, answer only"
+    assert outcome.record.error is None
+
+
+def test_when_nothing_fits_the_step_may_use_what_the_episode_can_spare() -> None:
+    engine = FakeEngine(replies=("5",))
+    with Episode(deadline_s=30, expected_steps=3) as episode:
+        episode.started -= 27.0  # 3 s left: a share of ~0.8 s, which greedy does not fit
+        outcome = _run(_pipeline(engine, strategy=StrategyConfig(
+            "single", temperature=0.0, max_tokens=32)), [HumanMessage("2+3?")], episode)
+    decision = outcome.record.decision
+    assert decision["any_fits"] is False
+    assert "allowance stretched" in decision["reason"]
+    # no tools: the whole time above the margin, not the share
+    assert decision["allowance_s"] == pytest.approx(3.0 - episode.safety_margin_s, abs=0.05)
+
+
+def test_steps_on_their_way_to_the_engine_count_as_load() -> None:
+    from tidal_agents.allocation.load import StepLedger, engine_load
+
+    engine = FakeEngine()
+    ledger = StepLedger()
+    mine = ledger.enter(100)
+    other = ledger.enter(250)
+    engine.in_flight_sequences, engine.queued_prompt_tokens = 8, 40
+    load = engine_load(engine, ledger, mine)
+    assert (load.concurrent_sequences, load.queued_prompt_tokens) == (9, 290)
+    ledger.leave(other)
+    ledger.leave(other)  # leaving twice is harmless
+    assert engine_load(engine, ledger, mine).queued_prompt_tokens == 40
+    ledger.leave(mine)
+    assert len(ledger) == 0
+
+
+def test_a_step_leaves_the_ledger_whatever_happens() -> None:
+    from tidal_agents.allocation.load import ledger_for
+
+    engine = FakeEngine(fail_times=5)
+    with pytest.raises(TidalEngineError):
+        _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("hi")])
+    assert len(ledger_for(engine)) == 0
+
+
+def test_queued_prompts_raise_the_predicted_latency() -> None:
+    model = CostModel.default()
+    idle = StepFeatures(prompt_tokens=200)
+    busy = StepFeatures(prompt_tokens=200, queued_prompt_tokens=4000)
+    extra = model.predict(GREEDY, busy).latency_s - model.predict(GREEDY, idle).latency_s
+    assert extra == pytest.approx(4000 * model.params.prefill_s_per_token)

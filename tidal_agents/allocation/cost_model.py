@@ -11,6 +11,7 @@ Latency of one strategy run::
             + decode_step_s * decode_steps        # one batched forward per step
             + decode_token_s * generated_tokens   # extra cost of each live sequence
             + decode_token_s * concurrent * decode_steps  # other requests' sequences
+            + prefill_s_per_token * queued_prefill        # other requests' prompts first
 
 A batch of ``n`` sequences that all run ``S`` steps generates ``G = n * S``
 tokens, so a decode step costs ``decode_step_s + decode_token_s * n``: parallel
@@ -109,6 +110,8 @@ class RunShape:
     generated_tokens: float
     #: other requests' sequences decoding beside this run (they share its steps)
     concurrent_sequences: float = 0.0
+    #: other requests' prompt tokens prefilled before this run's first token
+    queued_prefill_tokens: float = 0.0
 
 
 #: measured beam-search corrections on the 2-core CPU (see `CostModel.default`)
@@ -180,7 +183,8 @@ class CostModel:
     def shape(self, config: StrategyConfig, features: StepFeatures, per_seq: float) -> RunShape:
         """The work of `config` when each sequence generates `per_seq` new tokens."""
         shape = self._own_shape(config, features, per_seq)
-        return replace(shape, concurrent_sequences=float(features.concurrent_sequences))
+        return replace(shape, concurrent_sequences=float(features.concurrent_sequences),
+                       queued_prefill_tokens=float(features.queued_prompt_tokens))
 
     def _own_shape(
         self, config: StrategyConfig, features: StepFeatures, per_seq: float
@@ -218,7 +222,7 @@ class CostModel:
             call_overhead += p.vllm_beam_token_overhead_s
         return (
             shape.calls * call_overhead
-            + p.prefill_s_per_token * shape.prefill_tokens
+            + p.prefill_s_per_token * (shape.prefill_tokens + shape.queued_prefill_tokens)
             + p.decode_step_s * shape.decode_steps
             + p.decode_token_s * shape.generated_tokens
             # a batched step costs per live sequence, whoever's it is

@@ -155,6 +155,9 @@ class StepFeatures:
     """Sequences the engine is already decoding for other requests when the step
     starts. They share every decode step with this one, so the cost model's latency
     rises with load (not a predictor input)."""
+    queued_prompt_tokens: int = 0
+    """Prompt tokens of other requests waiting to be prefilled when the step starts:
+    the engine prefills them before this step's prompt (not a predictor input)."""
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -193,6 +196,7 @@ class StepFeatures:
         expected_output_tokens: int | None = None,
         answer_kind: AnswerKind = "text",
         concurrent_sequences: int = 0,
+        queued_prompt_tokens: int = 0,
     ) -> StepFeatures:
         """Features of a step whose latest question is `query_text`."""
         if not isinstance(query_text, str):
@@ -234,6 +238,7 @@ class StepFeatures:
             log10_max_number=max(magnitudes, default=0.0),
             log10_number_product=sum(magnitudes, 0.0),
             concurrent_sequences=concurrent_sequences,
+            queued_prompt_tokens=queued_prompt_tokens,
         )
 
     def to_vector(self) -> np.ndarray:

@@ -88,6 +88,8 @@ class LocalVLLMEngine(LoopBackend):
         self._llm: Any = None
         self._model_path = ""
         self._in_flight = 0  # sequences being generated (changed on the engine loop only)
+        #: prompt tokens of requests waiting for their first output (engine loop only)
+        self._queued_prompt = 0
         self.restarts = 0
         self._generation = 0  # bumped by every restart
         self._restart_lock: asyncio.Lock | None = None  # created on the engine loop
@@ -165,6 +167,12 @@ class LocalVLLMEngine(LoopBackend):
     def in_flight_sequences(self) -> int:
         """Sequences the engine is generating right now (its load, for the cost model)."""
         return self._in_flight
+
+    @property
+    def queued_prompt_tokens(self) -> int:
+        """Prompt tokens of requests submitted but not yet prefilled (no output yet):
+        a new request waits for their prefill before its own."""
+        return self._queued_prompt
 
     @property
     def is_running(self) -> bool:
@@ -284,11 +292,15 @@ class LocalVLLMEngine(LoopBackend):
         timed_out = False
         t0 = time.perf_counter()
         self._in_flight += request.n
+        queued = len(ids)
+        self._queued_prompt += queued
         try:
             async with asyncio.timeout(request.timeout_s):
                 async for out in llm.generate(
                     {"prompt_token_ids": ids}, params, request_id, priority=request.priority
                 ):
+                    self._queued_prompt -= queued
+                    queued = 0
                     acc.add_output(out, on_token)
         except TimeoutError:
             timed_out = True  # vLLM aborted the request when the stream was cancelled
@@ -300,6 +312,7 @@ class LocalVLLMEngine(LoopBackend):
             raise _engine_error(exc, request_id) from exc
         finally:
             self._in_flight -= request.n
+            self._queued_prompt -= queued
         return acc.result(
             started=t0,
             timed_out=timed_out,

@@ -255,6 +255,12 @@ class RemoteVLLMEngine(LoopBackend):
         return min(up, default=0)
 
     @property
+    def queued_prompt_tokens(self) -> int:
+        """Unknown to a client (each server keeps its own queue): 0; the cost model's
+        load factor learns a busy fleet from measured steps."""
+        return 0
+
+    @property
     def urls(self) -> list[str]:
         return [r.url for r in self.replicas]
 

@@ -297,6 +297,11 @@ class Engine(Protocol):
         """Sequences being generated for other requests right now (the engine's load)."""
         ...
 
+    @property
+    def queued_prompt_tokens(self) -> int:
+        """Prompt tokens of requests waiting to be prefilled (0 where unknown)."""
+        ...
+
 
 def check_prompt_ids(ids: list[int], max_tokens: int, max_model_len: int, vocab: int) -> None:
     """Raise TidalConfigError unless the prompt fits the model's context and vocabulary."""

@@ -127,6 +127,41 @@ def wrap_up(
     return WrapUp(time_left_s=time_left, round_trip_s=needed) if time_left < needed else None
 
 
+def rest_of_episode_s(
+    features: StepFeatures, calls_tools: bool, max_tokens: int, episode: Episode,
+    cost_model: CostModel,
+) -> float:
+    """The least time the episode needs after this step: when the step may call a
+    tool, that tool's round and a greedy answer step (with the latency headroom);
+    else nothing."""
+    if not calls_tools:
+        return 0.0
+    greedy = StrategyConfig("single", temperature=0.0, max_tokens=max_tokens)
+    answer_s = cost_model.predict(greedy, features).latency_s * cost_model.latency_headroom()
+    return episode.tool_round_s(tools_bound=True) + answer_s
+
+
+def stretch_when_nothing_fits(
+    decision: StepDecision, rest_s: float, episode: Episode | None
+) -> StepDecision:
+    """When no configuration fits the step's share of the episode, the fastest one
+    runs (see `decide`); cutting it at that share would very likely leave nothing.
+    It may run as long as the episode can spare instead: the time above the safety
+    margin less `rest_s`, what the rest of the episode needs at least."""
+    if episode is None or decision.any_fits or not math.isfinite(decision.allowance_s):
+        return decision
+    spare = episode.remaining_s() - episode.safety_margin_s - rest_s
+    if spare <= decision.allowance_s:
+        return decision
+    return replace(
+        decision,
+        allowance_s=spare,
+        reason=f"{decision.reason}; allowance stretched from {decision.allowance_s:.2f}s "
+               f"to {spare:.2f}s (the time the episode can spare, {rest_s:.2f}s kept for "
+               "the rest)",
+    )
+
+
 def fit_config(
     settings: AllocationSettings, config: StrategyConfig, max_tokens: int
 ) -> StrategyConfig:

@@ -16,6 +16,7 @@ from langchain_core.messages import AIMessage, BaseMessage
 
 from tidal_agents import tool_protocol as tp
 from tidal_agents.allocation import CostModel, StepFeatures
+from tidal_agents.allocation.load import EngineLoad, engine_load, ledger_for
 from tidal_agents.allocation.predictor import AccuracyPredictor
 from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.episode import Episode, EpisodeRegistry, current_episode
@@ -25,7 +26,9 @@ from tidal_agents.step.decide import (
     WrapUp,
     decide_step,
     fit_config,
+    rest_of_episode_s,
     step_grid,
+    stretch_when_nothing_fits,
     wrap_up,
 )
 from tidal_agents.step.execute import execute
@@ -86,8 +89,26 @@ class StepPipeline:
         """Run one step; its record goes to the episode's trace, raised errors included."""
         started_wall = time.time()
         prepared = prepare_step(self.engine, messages, options, stops, self.settings.max_tokens)
+        ledger = ledger_for(self.engine)
+        ticket = ledger.enter(prepared.prompt_tokens)
+        try:
+            return await self._run(prepared, episode, metadata, on_token, started_wall, ticket)
+        finally:
+            ledger.leave(ticket)
+
+    async def _run(
+        self,
+        prepared: PreparedStep,
+        episode: Episode | None,
+        metadata: Mapping[str, Any],
+        on_token: TokenCallback | None,
+        started_wall: float,
+        ticket: int,
+    ) -> StepOutcome:
         step_index = episode.next_step_index() if episode else 0
-        prepared, features, wrapping_up = self._wrap_up_if_due(prepared, step_index, episode)
+        prepared, features, wrapping_up = self._wrap_up_if_due(
+            prepared, step_index, episode, ticket
+        )
         context = StepContext(
             episode=episode, step_index=step_index, metadata=metadata,
             started_wall=started_wall,
@@ -98,6 +119,11 @@ class StepPipeline:
         decision = decide_step(
             allocation, features, grid, episode, self.cost_model, self.predictor
         )
+        if episode is not None:
+            rest_s = rest_of_episode_s(
+                features, calls_tools(prepared), prepared.max_tokens, episode, self.cost_model
+            )
+            decision = stretch_when_nothing_fits(decision, rest_s, episode)
         if wrapping_up is not None:
             decision = replace(decision, reason=f"{wrapping_up.reason()}; {decision.reason}")
         room = token_room(prepared.max_tokens, decision.tokens_left, decision.config.n)
@@ -106,6 +132,7 @@ class StepPipeline:
         deadline = time.monotonic() + allowance_s if math.isfinite(allowance_s) else None
         limit = hard_limit(episode)
         stream = on_token if chosen.strategy == "single" and prepared.guided is None else None
+        ledger_for(self.engine).leave(ticket)  # from here the engine counts the request
         try:
             result = await execute(
                 self.engine, prepared.step_input(), chosen, deadline, stream,
@@ -141,22 +168,32 @@ class StepPipeline:
         return StepOutcome(message=message, record=record)
 
     def _wrap_up_if_due(
-        self, prepared: PreparedStep, step_index: int, episode: Episode | None
+        self, prepared: PreparedStep, step_index: int, episode: Episode | None, ticket: int
     ) -> tuple[PreparedStep, StepFeatures, WrapUp | None]:
         """The step as prepared, or re-prepared under the answer-only grammar when the
         episode has no time left for another tool round trip."""
-        load = self.engine.in_flight_sequences
-        features = step_features(prepared, step_index, load)
+        load = engine_load(self.engine, ledger_for(self.engine), ticket)
+        features = self._features(prepared, step_index, load)
         options = prepared.options
         due = wrap_up(features, options.choice.mode, prepared.max_tokens, episode,
                       self.cost_model)
         if due is None:
             return prepared, features, None
-        answer_only = replace(options, choice=tp.ToolChoice("none"))
-        prepared = prepare_step(
+        prepared = self._answer_only(prepared)
+        return prepared, self._features(prepared, step_index, load), due
+
+    @staticmethod
+    def _features(prepared: PreparedStep, step_index: int, load: EngineLoad) -> StepFeatures:
+        return step_features(
+            prepared, step_index, load.concurrent_sequences, load.queued_prompt_tokens
+        )
+
+    def _answer_only(self, prepared: PreparedStep) -> PreparedStep:
+        """The step re-prepared to answer under the answer-only grammar (no tool call)."""
+        answer_only = replace(prepared.options, choice=tp.ToolChoice("none"))
+        return prepare_step(
             self.engine, prepared.messages, answer_only, prepared.stops, self.settings.max_tokens
         )
-        return prepared, step_features(prepared, step_index, load), due
 
     async def _fallback(
         self,
@@ -168,31 +205,57 @@ class StepPipeline:
         limit: float | None,
     ) -> tuple[StrategyResult, tp.ParsedReply]:
         """A short greedy decode when the chosen configuration left nothing usable
-        (cut short, or a half-written call), if the time left is predicted to fit it."""
+        (cut short, or a half-written call), if the time left is predicted to fit it.
+        It may take what the episode can spare; when that cannot fit a tool round
+        trip after it, it answers under the answer-only grammar instead."""
         greedy = StrategyConfig("single", temperature=0.0, max_tokens=prepared.max_tokens)
-        time_left = fallback_time_left(episode, features)
         predicted = self.cost_model.predict(greedy, features).latency_s
-        if time_left is not None and predicted * self.cost_model.latency_headroom() > time_left:
+        rescue_step, time_left = prepared, None
+        if episode is not None:
+            rescue_step, time_left = self._rescue_plan(prepared, features, episode, predicted)
+        if time_left is not None and predicted > time_left:
             details = {**result.details, "fallback": "skipped: no time left"}
             return replace(result, details=details), parsed
         deadline = None if time_left is None else time.monotonic() + time_left
         try:
             rescue = await execute(
-                self.engine, prepared.step_input(), greedy, deadline, None,
+                self.engine, rescue_step.step_input(), greedy, deadline, None,
                 self.settings.max_retries, limit,
             )
         except TidalEngineError as exc:
             details = {**result.details, "fallback": f"failed: {exc}"}
             return replace(result, details=details), parsed
         self.cost_model.update(greedy, features, rescue.cost)
-        rescue, rescued = await self._parse(prepared, rescue, greedy, deadline, limit)
+        rescue, rescued = await self._parse(rescue_step, rescue, greedy, deadline, limit)
+        how = greedy.name if rescue_step is prepared else f"{greedy.name}, answer only"
         merged = replace(
             result,
             selected=rescue.selected,
             cost=result.cost.merged(rescue.cost),
-            details={**result.details, **rescue.details, "fallback": greedy.name},
+            details={**result.details, **rescue.details, "fallback": how},
         )
         return merged, rescued
+
+    def _rescue_plan(
+        self, prepared: PreparedStep, features: StepFeatures, episode: Episode,
+        predicted_s: float,
+    ) -> tuple[PreparedStep, float]:
+        """How a fallback decode runs, and for how long: as prepared, with the time
+        above the margin less the rest of the episode, when a tool call it may make
+        still fits a round trip after it; else under the answer-only grammar, with all
+        the time above the margin."""
+        usable = episode.remaining_s() - episode.safety_margin_s
+        if not calls_tools(prepared):
+            return prepared, usable
+        rest_s = rest_of_episode_s(
+            features, True, prepared.max_tokens, episode, self.cost_model
+        )
+        with_tools = usable - rest_s
+        if with_tools >= predicted_s * self.cost_model.latency_headroom():
+            return prepared, with_tools
+        if prepared.options.choice.mode != "auto":  # a call is required: no answer-only
+            return prepared, usable
+        return self._answer_only(prepared), usable
 
     async def _parse(
         self,
@@ -265,13 +328,9 @@ def no_usable_output_error(result: StrategyResult) -> str:
     return f"{NO_USABLE_REPLY}: the step was {why} with no complete answer or tool call"
 
 
-def fallback_time_left(episode: Episode | None, features: StepFeatures) -> float | None:
-    """Seconds a fallback decode may take: the step's fair share of what the episode
-    has left now, the later steps and their tool rounds reserved (None: no episode,
-    no limit). Taking all of it would leave no time for the tool the rescue calls."""
-    if episode is None:
-        return None
-    return episode.allowance_s(features.step_index, tools_bound=features.tools_bound > 0)
+def calls_tools(prepared: PreparedStep) -> bool:
+    """The step may answer with a tool call (tools bound, tool choice not "none")."""
+    return bool(prepared.options.specs) and prepared.options.choice.mode != "none"
 
 
 def hard_limit(episode: Episode | None) -> float | None:

@@ -128,7 +128,8 @@ def prepare_step(
 
 
 def step_features(
-    prepared: PreparedStep, step_index: int, concurrent_sequences: int
+    prepared: PreparedStep, step_index: int, concurrent_sequences: int,
+    queued_prompt_tokens: int = 0,
 ) -> StepFeatures:
     """The allocator's view of the step."""
     messages = prepared.messages
@@ -143,6 +144,7 @@ def step_features(
         ),
         answer_kind=prepared.answer_kind,
         concurrent_sequences=max(concurrent_sequences, 0),
+        queued_prompt_tokens=max(queued_prompt_tokens, 0),
     )
 
 
