@@ -9,6 +9,7 @@ is an OpenAI-format tool definition.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 import zlib
@@ -144,9 +145,14 @@ class FakeEngine:
         self.in_flight_sequences = 0
         #: prompt tokens waiting for prefill (the fake prefills instantly)
         self.queued_prompt_tokens = 0
+        self._last_output = -math.inf
         self._next_reply = 0
 
     # ------------------------------------------------------------ protocol
+    @property
+    def seconds_since_output(self) -> float:
+        return time.monotonic() - self._last_output
+
     def start(self) -> FakeEngine:
         self.started = True
         return self
@@ -177,6 +183,7 @@ class FakeEngine:
                 await asyncio.sleep(waited)
         finally:
             self.in_flight_sequences -= request.n
+        self._last_output = time.monotonic()
         samples = tuple(
             self._sample(i, text, request, waited / self.delay_s if timed_out else 1.0)
             for i, text in enumerate(self._texts_for(request))

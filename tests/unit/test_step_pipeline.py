@@ -193,6 +193,34 @@ def test_a_hanging_engine_is_cut_off_after_the_grace(monkeypatch: pytest.MonkeyP
     assert 0.25 <= asyncio.run(run()) < 1.0
 
 
+class BusyEngine(FakeEngine):
+    """Never returns this request, while producing output for others (a loaded
+    engine whose own timeout fires late)."""
+
+    @property
+    def seconds_since_output(self) -> float:
+        return 0.0
+
+
+def test_a_busy_engine_that_overruns_cuts_the_step_short_without_an_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(execute_module, "HANG_GRACE_S", 0.2)
+    engine = BusyEngine(hang=True)
+
+    async def run() -> tuple[StrategyResult, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        result = await execute(engine, StepInput(prompt="p"), GREEDY, start + 0.1, None, 0)
+        return result, loop.time() - start
+
+    result, wall = asyncio.run(run())
+    assert 0.25 <= wall < 1.0
+    assert result.cost.cut_short and result.selected.text == "" and not result.candidates
+    outcome = _run(_pipeline(engine, strategy=GREEDY, timeout=0.1), [HumanMessage("hi")])
+    assert outcome.record.cut_short and "no usable reply" in (outcome.record.error or "")
+
+
 # ------------------------------------------------------------------- finish
 def _candidate(text: str, finish: str, score: float | None = None) -> Candidate:
     return Candidate(text=text, token_ids=(1,), finish_reason=finish, score=score)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import logging
+import math
 import threading
 import time
 from collections.abc import Coroutine, Iterable, Sequence
@@ -134,8 +135,16 @@ class LoopBackend:
         self._start_lock = threading.Lock()
         self._closed = False
         self.startup_s: float | None = None
+        #: time.monotonic() of the last output for any request (set by the backend)
+        self._last_output = -math.inf
 
     # ------------------------------------------------------------------ hooks
+    @property
+    def seconds_since_output(self) -> float:
+        """Seconds since the engine last produced output for any request (inf before
+        the first): a busy engine is producing, a hung one is not."""
+        return time.monotonic() - self._last_output
+
     def _is_open(self) -> bool:
         raise NotImplementedError
 

@@ -301,6 +301,7 @@ class LocalVLLMEngine(LoopBackend):
                 ):
                     self._queued_prompt -= queued
                     queued = 0
+                    self._last_output = time.monotonic()
                     acc.add_output(out, on_token)
         except TimeoutError:
             timed_out = True  # vLLM aborted the request when the stream was cancelled

@@ -389,6 +389,7 @@ class RemoteVLLMEngine(LoopBackend):
                         if "error" in chunk:
                             _raise_stream_error(rep.url, chunk["error"])
                         stream.add_chunk(chunk, guard)
+                        self._last_output = time.monotonic()
             if not done:
                 raise _ReplicaFailed(rep.url, "the stream ended before [DONE]")
         except TimeoutError:

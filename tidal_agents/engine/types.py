@@ -302,6 +302,12 @@ class Engine(Protocol):
         """Prompt tokens of requests waiting to be prefilled (0 where unknown)."""
         ...
 
+    @property
+    def seconds_since_output(self) -> float:
+        """Seconds since the engine last produced output for any request (inf before
+        the first)."""
+        ...
+
 
 def check_prompt_ids(ids: list[int], max_tokens: int, max_model_len: int, vocab: int) -> None:
     """Raise TidalConfigError unless the prompt fits the model's context and vocabulary."""

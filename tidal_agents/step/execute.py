@@ -15,10 +15,12 @@ from tidal_agents.engine.types import Engine, TokenCallback
 from tidal_agents.errors import TidalEngineError
 from tidal_agents.strategies import run_strategy
 from tidal_agents.strategies.base import StepInput
-from tidal_agents.types import StrategyConfig, StrategyResult
+from tidal_agents.types import Candidate, CostRecord, StrategyConfig, StrategyResult
 
 #: how long past its allowance a step may hang before it is cancelled
 HANG_GRACE_S = 2.0
+#: an engine that produced output for any request this recently is busy, not hung
+BUSY_WINDOW_S = 1.0
 
 
 async def run_guarded(
@@ -36,14 +38,30 @@ async def run_guarded(
         None if deadline is None else deadline + HANG_GRACE_S, hard_limit
     ) if t is not None]
     limit = max(min(ends) - time.monotonic(), 0) if ends else None
+    started = time.monotonic()
     try:
         async with asyncio.timeout(limit):
             return await run_strategy(engine, step, config, deadline, on_token)
     except TimeoutError as exc:
+        if engine.seconds_since_output <= BUSY_WINDOW_S:
+            # busy, not hung: its own timeout fired late (its loop is loaded); the step
+            # merely ran out of time, like any other step cut short
+            return nothing_in_time(config, time.monotonic() - started)
         raise TidalEngineError(
             f"The engine did not return within the step's allowance + {HANG_GRACE_S:g} s "
-            "(or by the episode's deadline + its bound); the request was cancelled."
+            "(or by the episode's deadline + its bound) and produced no output for "
+            f"{BUSY_WINDOW_S:g} s; the request was cancelled."
         ) from exc
+
+
+def nothing_in_time(config: StrategyConfig, wall_s: float) -> StrategyResult:
+    """The result of a step cut off before its strategy returned: no output."""
+    empty = Candidate(text="", token_ids=(), finish_reason="abort")
+    return StrategyResult(
+        selected=empty, candidates=(),
+        cost=CostRecord(wall_s=wall_s, engine_calls=1, cut_short=True),
+        config=config, details={"stop": "cut off: the engine did not return in time"},
+    )
 
 
 async def execute(
