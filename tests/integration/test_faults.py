@@ -8,6 +8,7 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -139,11 +140,11 @@ def _kill(pids: set[int]) -> None:
             os.kill(pid, signal.SIGKILL)
 
 
-async def test_engine_process_death_restarts_once_then_fails_clearly(
+async def test_engine_process_death_restarts_within_the_bound_then_fails_clearly(
     engine: LocalVLLMEngine, tmp_path: Path
 ) -> None:
     before = _descendants()
-    eng = LocalVLLMEngine(EngineConfig(max_restarts=1, restart_backoff_s=0.5))
+    eng = LocalVLLMEngine(EngineConfig(max_restarts=2, restart_backoff_s=0.5))
     await asyncio.to_thread(eng.start)
     try:
         prompt = eng.apply_chat_template([{"role": "user", "content": "Tell a story."}])
@@ -157,8 +158,22 @@ async def test_engine_process_death_restarts_once_then_fails_clearly(
         assert result.generated_tokens == 64
         assert eng.restarts == 1 and eng.is_running
 
-        _kill(_descendants() - before)  # dies again: the restart budget is spent
+        # dies again, inside a short episode: the restart takes longer than the whole
+        # episode, which still returns by its deadline + B; the restart goes on
+        _kill(_descendants() - before)
         model = model_on(eng, max_retries=1)
+        started = time.monotonic()
+        with model.episode(deadline_s=4.0) as short, pytest.raises(TidalEngineError):
+            await model.ainvoke("Hello")
+        assert time.monotonic() - started <= 4.0 + short.overrun_bound_s
+        for _ in range(240):  # the restart finishes without any waiter
+            if eng.restarts == 2 and eng.is_running:
+                break
+            await asyncio.sleep(0.5)
+        assert eng.restarts == 2 and eng.is_running
+        assert (await eng.generate(replace(request, max_tokens=4))).generated_tokens == 4
+
+        _kill(_descendants() - before)  # dies again: the restart budget is spent
         trace = tmp_path / "t.jsonl"
         with (
             model.episode(deadline_s=60, trace_path=str(trace)),

@@ -229,7 +229,11 @@ class LocalVLLMEngine(LoopBackend):
         try:
             return await self._generate_once(request, on_token)
         except _EngineDied as died:
-            await self._restart(generation, died)
+            # Shielded: a caller that gives up (its step ran out of time) must not
+            # leave the engine half-restarted for every later request.
+            restart = asyncio.ensure_future(self._restart(generation, died))
+            restart.add_done_callback(_retrieve)
+            await asyncio.shield(restart)
         # One more try on the restarted engine, in the time the request has left.
         left = None if request.timeout_s is None else request.timeout_s - (time.monotonic() - t0)
         if left is not None and left <= 0:
@@ -321,6 +325,12 @@ class LocalVLLMEngine(LoopBackend):
             prompt_tokens=acc.prompt_tokens,
             cached_prompt_tokens=acc.cached_tokens,
         )
+
+
+def _retrieve(task: asyncio.Future[None]) -> None:
+    """Mark a shielded restart's outcome as seen (its waiter may have gone)."""
+    if not task.cancelled():
+        task.exception()
 
 
 class _EngineDied(Exception):
