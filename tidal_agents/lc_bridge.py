@@ -5,13 +5,15 @@ sync entry points, callback emitters for tokens and step events, and streaming.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import contextvars
 import json
+import os
 import queue
 import threading
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable, Iterator
-from typing import Any
+from typing import Any, TypeVar
 
 from langchain_core.callbacks import (
     AsyncCallbackManager,
@@ -23,6 +25,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk
 from langchain_core.outputs import ChatGenerationChunk
 from langchain_core.runnables.config import RunnableConfig, ensure_config
 
+from tidal_agents.engine.loop_thread import LoopThread
 from tidal_agents.engine.types import TokenCallback
 from tidal_agents.step import TIDAL_KEYS
 
@@ -31,6 +34,7 @@ from tidal_agents.step import TIDAL_KEYS
 STREAM_RUN: contextvars.ContextVar[RunnableConfig | None] = contextvars.ContextVar(
     "tidal_stream_run", default=None
 )
+T = TypeVar("T")
 
 
 def with_run_id(config: RunnableConfig | None) -> RunnableConfig:
@@ -122,31 +126,118 @@ class SyncEmitter(Emitter):
             manager.on_custom_event(name, data, run_id=self.rm.run_id)
 
 
-def run_sync(factory: Callable[[], Any]) -> Any:
-    """Run a coroutine to completion from sync code, inside or outside a loop."""
+class _ThreadLoop:
+    """One thread's event loop for sync calls, kept between calls: a fresh
+    ``asyncio.run`` per call costs milliseconds (a new loop, and in the main thread
+    the SIGINT handler's swap, which formats the finished task's result)."""
+
+    def __init__(self) -> None:
+        self.pid = os.getpid()
+        self.loop = asyncio.new_event_loop()
+
+    def __del__(self) -> None:  # the thread ended: close its loop quietly
+        with contextlib.suppress(Exception):
+            if not self.loop.is_running():
+                self.loop.close()
+
+
+_THREAD_LOOPS = threading.local()
+#: where sync calls made inside a running event loop run (a notebook cell, an async
+#: caller using the sync API): that loop cannot be re-entered
+_NESTED_RUNNER: LoopThread | None = None
+_NESTED_RUNNER_LOCK = threading.Lock()
+
+
+def _thread_loop() -> asyncio.AbstractEventLoop:
+    """This thread's loop for sync calls (a new one after a fork or a close)."""
+    held: _ThreadLoop | None = getattr(_THREAD_LOOPS, "held", None)
+    if held is None or held.pid != os.getpid() or held.loop.is_closed():
+        held = _THREAD_LOOPS.held = _ThreadLoop()
+    return held.loop
+
+
+def _nested_runner() -> LoopThread:
+    global _NESTED_RUNNER
+    with _NESTED_RUNNER_LOCK:
+        if _NESTED_RUNNER is None or _NESTED_RUNNER.loop.is_closed():
+            _NESTED_RUNNER = LoopThread("tidal-sync-bridge")
+        return _NESTED_RUNNER
+
+
+def run_sync(factory: Callable[[], Awaitable[T]]) -> T:
+    """Run a coroutine to completion from sync code, inside or outside a loop.
+
+    The coroutine runs in a copy of the caller's context (the current episode goes
+    along). Interrupting the caller (Ctrl-C) cancels it.
+    """
     try:
-        asyncio.get_running_loop()
+        running = asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(factory())
-    # Called from sync code running inside a loop (e.g. a notebook): use a thread.
+        return _run_on_thread_loop(factory)
+    # Sync code running inside a loop (e.g. a notebook): that loop is busy with the
+    # caller, so the coroutine runs on a helper loop while the caller blocks.
+    runner = _nested_runner()
+    if running is runner.loop:  # a sync call from inside such a call
+        return _run_on_new_thread(factory)
+    future = runner.submit(_as_coroutine(factory))
+    try:
+        return future.result()
+    except BaseException:
+        future.cancel()
+        raise
+
+
+async def _as_coroutine(factory: Callable[[], Awaitable[T]]) -> T:
+    return await factory()
+
+
+def _run_on_thread_loop(factory: Callable[[], Awaitable[T]]) -> T:
+    loop = _thread_loop()
+    task = loop.create_task(_as_coroutine(factory))  # in a copy of this context
+    try:
+        return loop.run_until_complete(task)
+    except BaseException:
+        if not task.done():  # interrupted between the task's steps: cancel it
+            task.cancel()
+            with contextlib.suppress(BaseException):
+                loop.run_until_complete(task)
+        raise
+    finally:
+        _cancel_leftovers(loop)
+
+
+def _run_on_new_thread(factory: Callable[[], Awaitable[T]]) -> T:
+    context = contextvars.copy_context()
     box: dict[str, Any] = {}
 
     def target() -> None:
         try:
-            box["value"] = asyncio.run(factory())
+            box["value"] = context.run(asyncio.run, _as_coroutine(factory))
         except BaseException as exc:  # re-raised in the caller's thread
             box["error"] = exc
 
-    t = threading.Thread(target=target)
-    t.start()
-    t.join()
+    thread = threading.Thread(target=target, name="tidal-sync-nested")
+    thread.start()
+    thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]
+    return box["value"]  # type: ignore[no-any-return]
+
+
+def _cancel_leftovers(loop: asyncio.AbstractEventLoop) -> None:
+    """Cancel what the call started and left running, as ``asyncio.run`` does at its
+    end, so that nothing of this call runs during the next one."""
+    leftovers = asyncio.all_tasks(loop)
+    if not leftovers:
+        return
+    for task in leftovers:
+        task.cancel()
+    loop.run_until_complete(asyncio.gather(*leftovers, return_exceptions=True))
 
 
 def iterate_sync(factory: Callable[[], AsyncGenerator[Any, None]]) -> Iterator[Any]:
-    """Iterate an async generator from sync code (on a helper thread's loop)."""
+    """Iterate an async generator from sync code (on a helper thread's loop, in a
+    copy of the caller's context)."""
     items: queue.Queue[tuple[str, Any]] = queue.Queue()
     cancel = threading.Event()
 
@@ -162,11 +253,13 @@ def iterate_sync(factory: Callable[[], AsyncGenerator[Any, None]]) -> Iterator[A
 
     def target() -> None:
         try:
-            asyncio.run(pump())
+            context.run(asyncio.run, pump())
             items.put(("done", None))
         except BaseException as exc:  # surfaced in the consumer
             items.put(("error", exc))
 
+    # threads start with an empty context: the stream runs in the caller's
+    context = contextvars.copy_context()
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     try:

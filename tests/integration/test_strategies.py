@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -66,9 +67,12 @@ async def test_single_greedy_is_deterministic_and_exact(rec: Recording, math_pro
     assert a.cost.engine_calls == 1 and not a.cost.cut_short
     assert rec.requests[0].temperature == 0.0 and rec.requests[0].n == 1
     assert a.selected.text == rec.results[0].samples[0].text
-    assert len(a.selected.token_logprobs) == len(a.selected.token_ids) > 0
-    b = await run_strategy(rec, step, cfg)
+    # one sample is never compared: no log-probs unless the step asks for them
+    assert rec.requests[0].logprobs is None and a.selected.token_logprobs == ()
+    b = await run_strategy(rec, replace(step, logprobs=True), cfg)
+    assert rec.requests[1].logprobs == 0
     assert b.selected.token_ids == a.selected.token_ids
+    assert len(b.selected.token_logprobs) == len(b.selected.token_ids) > 0
 
 
 async def test_best_of_n_is_one_request(rec: Recording, math_prompt: str) -> None:

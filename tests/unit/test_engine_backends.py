@@ -247,6 +247,32 @@ def test_local_engine_checks_the_prompt(local_engine: Callable[..., LocalVLLMEng
         eng.generate_sync(GenerationRequest(prompt="hi", max_tokens=5000))
 
 
+def test_a_counted_prompt_is_not_tokenized_again_for_its_request(
+    local_engine: Callable[..., LocalVLLMEngine],
+) -> None:
+    llm = FakeAsyncLLM([_output(_completion(0, "ok", [41], "stop"))])
+    eng = local_engine(llm)
+    encoded: list[str] = []
+    tokenizer = eng._tokenizer
+    real_encode = tokenizer.encode
+
+    def counting_encode(text: str, add_special_tokens: bool = False) -> list[int]:
+        encoded.append(text)
+        return list(real_encode(text, add_special_tokens=add_special_tokens))
+
+    tokenizer.encode = counting_encode
+    prompt = "What is 2+2? Say it in words."
+    assert eng.count_tokens(prompt) == len(real_encode(prompt))
+    eng.generate_sync(GenerationRequest(prompt=prompt))
+    assert encoded == [prompt]
+    assert llm.calls[0][0] == {"prompt_token_ids": list(real_encode(prompt))}
+    # counting tokenizes every time (a repeated prompt costs what a new one does)
+    eng.count_tokens(prompt)
+    assert encoded == [prompt, prompt]
+    eng.generate_sync(GenerationRequest(prompt="not counted before"))
+    assert encoded[-1] == "not counted before"
+
+
 def test_local_engine_shutdown_closes_the_llm_once(
     local_engine: Callable[..., LocalVLLMEngine],
 ) -> None:

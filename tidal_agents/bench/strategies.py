@@ -70,7 +70,8 @@ DEFINITIONS: dict[str, str] = {
     "overhead_ms_short": f"median over interleaved pairs of (TidalChatModel.invoke with "
     f"strategy single T=0 max_tokens={SHORT_TOKENS}, timed on the caller's thread) minus "
     "(bare AsyncLLM.generate of the same prompt tokens and token count, awaited in a task on "
-    "the AsyncLLM's own loop and timed inside it), in ms; overhead_ms_short_ci95 is its "
+    "the AsyncLLM's own loop and timed inside it), in ms; neither side asks for log-probs; "
+    "the wrapper tokenizes its rendered prompt on every call; overhead_ms_short_ci95 is its "
     "seeded 95% bootstrap interval",
     "overhead_ms_long": "as overhead_ms_short with max_tokens = the run's max_tokens (64)",
     "overhead_ratio_short": "median per-pair ratio invoke / bare, short calls",

@@ -26,6 +26,8 @@ from tidal_agents.errors import TidalEngineError, TidalError
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+#: counted prompts whose token ids are kept for their request (a few steps' worth)
+_ENCODE_CACHE_SIZE = 32
 
 
 def finish_reason(reason: str | None, timed_out: bool) -> FinishReason:
@@ -133,6 +135,8 @@ class LoopBackend:
         self._tokenizer: Any = None
         self._max_model_len = 0
         self._start_lock = threading.Lock()
+        self._encode_cache: dict[str, tuple[int, ...]] = {}
+        self._encode_lock = threading.Lock()
         self._closed = False
         self.startup_s: float | None = None
         #: time.monotonic() of the last output for any request (set by the backend)
@@ -258,13 +262,25 @@ class LoopBackend:
         return list(self.tokenizer.encode(text, add_special_tokens=False))
 
     def count_tokens(self, text: str) -> int:
-        return len(self.encode(text))
+        """`text`'s length in tokens. The ids are kept for a while: a step counts its
+        prompt's tokens and then submits that prompt, which is then not tokenized
+        again. Counting always tokenizes, so a repeated prompt costs what a new one does."""
+        ids = tuple(self.encode(text))
+        with self._encode_lock:
+            cache = self._encode_cache
+            cache.pop(text, None)  # to the newest end
+            cache[text] = ids
+            while len(cache) > _ENCODE_CACHE_SIZE:
+                del cache[next(iter(cache))]  # the oldest
+        return len(ids)
 
     def _prompt_ids(self, request: GenerationRequest) -> list[int]:
         """The request's prompt as token ids, checked against the context and vocabulary."""
-        ids = (
-            self.encode(request.prompt) if isinstance(request.prompt, str)
-            else list(request.prompt)
-        )
+        prompt = request.prompt
+        if isinstance(prompt, str):
+            counted = self._encode_cache.get(prompt)
+            ids = self.encode(prompt) if counted is None else list(counted)
+        else:
+            ids = list(prompt)
         check_prompt_ids(ids, request.max_tokens, self._max_model_len, len(self._tokenizer))
         return ids

@@ -47,7 +47,7 @@ def request_for(
         max_tokens=config.max_tokens if max_tokens is None else max_tokens,
         stop=step.stop if stop is None else stop,
         # 0 = the sampled token's own log-prob, which is all confidence needs
-        logprobs=0 if step.logprobs else None,
+        logprobs=None if step.logprobs is False else 0,
         guided=step.guided,
         timeout_s=timeout_for(run.deadline),
     )

@@ -44,7 +44,10 @@ class StepInput:
     guided: GuidedDecoding | None = None
     stop: tuple[str, ...] = ()
     answer_kind: AnswerKind = "text"
-    logprobs: bool = True
+    #: the sampled tokens' log-probs: None = where the strategy compares candidates
+    #: by them (every strategy but `single`, whose one sample is never compared),
+    #: True = always, False = never
+    logprobs: bool | None = None
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@ tokens can stream to the caller as they are generated.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from tidal_agents.strategies._common import CostMeter, request_for, to_candidate
@@ -15,9 +16,14 @@ from tidal_agents.types import StrategyResult
 
 async def single(run: StrategyRun, **_: Any) -> StrategyResult:
     meter = CostMeter()
+    request = request_for(run)
+    if run.step.logprobs is not True:
+        # One sample is never compared with another: its log-probs would be computed,
+        # sent and collected for nothing (StepInput.logprobs=True still asks for them).
+        request = replace(request, logprobs=None)
     # A past deadline still issues the request with a tiny timeout: vLLM aborts at
     # once and we return the (possibly empty) partial sample rather than raise.
-    result = meter.add(await run.engine.generate(request_for(run), run.on_token))
+    result = meter.add(await run.engine.generate(request, run.on_token))
     candidate = to_candidate(result.samples[0], run.step)
     return StrategyResult(
         selected=candidate,
