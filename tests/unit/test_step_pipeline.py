@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+from dataclasses import replace
 
 import pytest
 from fakes import ADD_TOOL, FakeClock, FakeEngine
@@ -28,6 +29,7 @@ from tidal_agents.step.finish import prefer_complete, repeats_answered_call, usa
 from tidal_agents.step.pipeline import StepPipeline, StepSettings, episode_for_call
 from tidal_agents.step.prepare import parse_call_options, prepare_step
 from tidal_agents.strategies.base import StepInput
+from tidal_agents.trace.outcomes import is_usable_reply
 from tidal_agents.types import Candidate, CostRecord, StrategyConfig, StrategyResult
 from tidal_agents.validation import check_stop
 
@@ -533,3 +535,29 @@ def test_queued_prompts_raise_the_predicted_latency() -> None:
     busy = StepFeatures(prompt_tokens=200, queued_prompt_tokens=4000)
     extra = model.predict(GREEDY, busy).latency_s - model.predict(GREEDY, idle).latency_s
     assert extra == pytest.approx(4000 * model.params.prefill_s_per_token)
+
+
+def test_an_answer_cut_off_by_time_is_rescued_and_otherwise_recorded_as_truncated() -> None:
+    def replies(request) -> list[str]:
+        return ["The answer is 5."] if request.temperature == 0 else ["The answer is"] * request.n
+
+    def cut_sampled(engine: FakeEngine):
+        original = engine._sample
+
+        def sample(i, text, request, fraction):
+            made = original(i, text, request, fraction)
+            return made if request.temperature == 0 else replace(made, finish_reason="timeout")
+        engine._sample = sample  # type: ignore[method-assign]
+        return engine
+
+    bo4 = StrategyConfig("best_of_n", n=4, selector="majority", max_tokens=16)
+    adaptive = _run(_pipeline(cut_sampled(FakeEngine(replies=replies)), grid=(bo4,)),
+                    [HumanMessage("2+3?")])
+    assert adaptive.message.content == "The answer is 5."
+    assert adaptive.record.selection["fallback"] == "greedy"
+    assert adaptive.record.finish == "answer"
+    fixed = _run(_pipeline(cut_sampled(FakeEngine(replies=replies)), strategy=bo4),
+                 [HumanMessage("2+3?")])
+    assert fixed.message.content == "The answer is"
+    assert fixed.record.finish == "truncated"
+    assert not is_usable_reply(fixed.message)

@@ -47,6 +47,16 @@ def test_a_usable_reply_is_an_ai_message_with_real_content() -> None:
     assert not is_usable_reply(None)
 
 
+@pytest.mark.parametrize("reason", ["length", "timeout", "abort"])
+def test_a_truncated_reply_is_not_usable(reason: str) -> None:
+    assert not is_usable_reply(AIMessage("The volume is 2", response_metadata={
+        "finish_reason": reason}))
+    assert is_usable_reply(AIMessage("The volume is 24.", response_metadata={
+        "finish_reason": "stop"}))
+    assert classify_episode(AIMessage("The volume is 2", response_metadata={
+        "finish_reason": reason}), 3.0, 4.0, raised=False) == "no_usable_reply"
+
+
 def test_episode_outcomes_split_four_ways() -> None:
     assert classify_episode(AIMessage("84"), 3.9, 4.0, raised=False) == "usable"
     assert classify_episode(AIMessage("{"), 3.9, 4.0, raised=False) == "no_usable_reply"
@@ -76,6 +86,8 @@ def test_a_traces_outcome_is_read_from_its_steps() -> None:
     assert trace_outcome([call], 4.0, 0.0) == "no_usable_reply"
     cut = _record("answer", "no usable reply: the step was cut short", 3.0)
     assert trace_outcome([call, cut], 4.0, 0.0) == "no_usable_reply"
+    assert trace_outcome([call, _record("truncated", ended_at=3.0)], 4.0, 0.0) == (
+        "no_usable_reply")
     assert trace_outcome([call, _record("answer", "TidalEngineError: x")], 4.0, 0.0) == "error"
     assert trace_outcome([call, _record("answer", ended_at=4.5)], 4.0, 0.0) == "over_deadline"
     summary = trace_summary([call, answer], 4.0, 0.0)

@@ -46,7 +46,7 @@ from tidal_agents.step.prepare import (
     step_features,
 )
 from tidal_agents.strategies.base import StepInput
-from tidal_agents.trace.outcomes import NO_USABLE_REPLY
+from tidal_agents.trace.outcomes import NO_USABLE_REPLY, TRUNCATED
 from tidal_agents.trace.records import StepRecord
 from tidal_agents.types import StrategyConfig, StrategyResult
 
@@ -150,14 +150,13 @@ class StepPipeline:
             result = replace(result, details={**result.details, "wrap_up": asdict(wrapping_up)})
         result, parsed = await self._parse(prepared, result, chosen, deadline, limit)
         self.cost_model.update(chosen, features, result.cost)
-        if not has_usable_output(parsed) and allocation.strategy is None:
+        if needs_rescue(parsed, result) and allocation.strategy is None:
             result, parsed = await self._fallback(
                 prepared, features, result, parsed, episode, limit
             )
         error = None if has_usable_output(parsed) else no_usable_output_error(result)
         record = step_record(
-            context, decision, features, result, error,
-            finish="tool_call" if parsed.tool_calls else "answer",
+            context, decision, features, result, error, finish=step_finish(parsed, result),
             tool_calls=[c["name"] for c in parsed.tool_calls],
         )
         if episode is not None:
@@ -227,6 +226,9 @@ class StepPipeline:
             return replace(result, details=details), parsed
         self.cost_model.update(greedy, features, rescue.cost)
         rescue, rescued = await self._parse(rescue_step, rescue, greedy, deadline, limit)
+        if not has_usable_output(rescued) and has_usable_output(parsed):
+            details = {**result.details, "fallback": f"{greedy.name}: nothing better"}
+            return replace(result, cost=result.cost.merged(rescue.cost), details=details), parsed
         how = greedy.name if rescue_step is prepared else f"{greedy.name}, answer only"
         merged = replace(
             result,
@@ -318,6 +320,22 @@ def has_usable_output(parsed: tp.ParsedReply) -> bool:
     """A tool call, or non-empty content (parsing never leaves a protocol fragment
     in the content)."""
     return bool(parsed.tool_calls) or bool(parsed.content.strip())
+
+
+def needs_rescue(parsed: tp.ParsedReply, result: StrategyResult) -> bool:
+    """Nothing usable came back, or an answer cut off by the step's time (one cut
+    by max_tokens is not: a greedy decode would be cut there too)."""
+    return not has_usable_output(parsed) or (
+        not parsed.tool_calls and result.selected.finish_reason in ("timeout", "abort")
+    )
+
+
+def step_finish(parsed: tp.ParsedReply, result: StrategyResult) -> str:
+    """How the step ended, for its record: "tool_call", "answer", or "truncated" (an
+    answer cut off by max_tokens or the step's time: not a usable reply)."""
+    if parsed.tool_calls:
+        return "tool_call"
+    return "truncated" if result.selected.finish_reason in TRUNCATED else "answer"
 
 
 def no_usable_output_error(result: StrategyResult) -> str:

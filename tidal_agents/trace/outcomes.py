@@ -4,7 +4,9 @@ One definition serves the step pipeline, the trace summary and every bench:
 
 - a *usable reply* is a final AI message with non-empty content that is not a
   fragment of the tool protocol (``{``, ``{"name``, a half-written call, or a
-  protocol object such as ``{"answer": ...}`` leaking into the content);
+  protocol object such as ``{"answer": ...}`` leaking into the content) and was
+  not truncated (its ``finish_reason`` is not one of `TRUNCATED`: cut off by the
+  token limit or by the step's time);
 - an episode ends in one of four ways: ``usable`` (returned by the deadline with a
   usable reply), ``no_usable_reply`` (returned by the deadline with an empty reply,
   a fragment, or only an invalid tool call), ``error`` (raised, by the deadline),
@@ -61,12 +63,23 @@ def content_text(content: Any) -> str:
     return ""
 
 
+#: finish reasons of a reply that was cut off: by max_tokens, or by the step's time
+TRUNCATED = frozenset({"length", "timeout", "abort"})
+
+
+def is_truncated(message: Any) -> bool:
+    """The message says its text was cut off (``response_metadata.finish_reason``)."""
+    metadata = getattr(message, "response_metadata", None) or {}
+    return metadata.get("finish_reason") in TRUNCATED
+
+
 def is_usable_reply(message: Any) -> bool:
-    """A final AI message with non-empty content that is not a protocol fragment."""
+    """A final AI message with non-empty content that is not a protocol fragment and
+    was not truncated."""
     if message is None or getattr(message, "type", None) not in ("ai", "AIMessageChunk"):
         return False
     text = content_text(getattr(message, "content", ""))
-    return bool(text.strip()) and not is_protocol_fragment(text)
+    return bool(text.strip()) and not is_protocol_fragment(text) and not is_truncated(message)
 
 
 def classify_episode(
@@ -100,8 +113,8 @@ def trace_outcome(
 
     After the deadline: the last step ended past it. An error: a step raised (its
     record has an error other than "no usable reply"). Usable: the last step
-    answered with a usable reply. Anything else (the last step a tool call, or no
-    usable reply) is no usable reply.
+    answered with a usable reply (finish "answer"). Anything else (the last step a
+    tool call, a truncated answer, or no usable reply) is no usable reply.
     """
     if not records:
         return None

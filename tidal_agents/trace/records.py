@@ -74,6 +74,8 @@ class StepRecord(BaseModel):
     #: votes, confidence scores, beam scores, waves: from the strategy
     selection: dict[str, Any] = {}
     cut_short: bool = False
+    #: "tool_call", "answer", or "truncated" (an answer cut off by max_tokens or the
+    #: step's time); None when the step raised
     finish: str | None = None
     error: str | None = None
     features: dict[str, Any] = {}
