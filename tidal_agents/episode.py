@@ -87,6 +87,40 @@ def overrun_bound_s(deadline_s: float) -> float:
     return max(0.25, 0.02 * deadline_s)
 
 
+class _OpenEpisodes:
+    """Episodes inside a ``with episode`` block or `Episode.activate`, process-wide."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth: dict[int, int] = {}
+
+    def enter(self, episode: Episode) -> None:
+        with self._lock:
+            self._depth[id(episode)] = self._depth.get(id(episode), 0) + 1
+
+    def leave(self, episode: Episode) -> None:
+        with self._lock:
+            depth = self._depth.get(id(episode), 0) - 1
+            if depth > 0:
+                self._depth[id(episode)] = depth
+            else:
+                self._depth.pop(id(episode), None)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._depth)
+
+
+_OPEN = _OpenEpisodes()
+
+
+def open_episodes() -> int:
+    """How many episodes are open in this process now (inside ``with episode`` or
+    `Episode.activate`). Concurrent episodes start their steps nearly together:
+    each open episode is about to be, or is, decoding."""
+    return len(_OPEN)
+
+
 def current_episode() -> Episode | None:
     """The episode active in this thread / task, if any."""
     return _CURRENT.get()
@@ -578,20 +612,24 @@ class Episode:
     def activate(self) -> Iterator[Episode]:
         """Make this the current episode for the block without finishing it."""
         token = _CURRENT.set(self)
+        _OPEN.enter(self)
         try:
             yield self
         finally:
+            _OPEN.leave(self)
             _CURRENT.reset(token)
 
     def __enter__(self) -> Episode:
         token = _CURRENT.set(self)
         _TOKENS.set((*_TOKENS.get(), token))
+        _OPEN.enter(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
         *outer, token = _TOKENS.get()
         _TOKENS.set(tuple(outer))
         _CURRENT.reset(token)
+        _OPEN.leave(self)
         self.finished = True
 
     async def __aenter__(self) -> Episode:

@@ -561,3 +561,16 @@ def test_an_answer_cut_off_by_time_is_rescued_and_otherwise_recorded_as_truncate
     assert fixed.message.content == "The answer is"
     assert fixed.record.finish == "truncated"
     assert not is_usable_reply(fixed.message)
+
+
+def test_other_open_episodes_count_as_load() -> None:
+    from tidal_agents.episode import open_episodes
+
+    engine = FakeEngine(replies=("5",))
+    base = open_episodes()
+    others = [Episode(deadline_s=30) for _ in range(3)]
+    with others[0], others[1].activate(), others[2], Episode(deadline_s=30) as mine:
+        assert open_episodes() == base + 4
+        outcome = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("2+3?")], mine)
+    assert outcome.record.features["concurrent_sequences"] >= 3
+    assert open_episodes() == base

@@ -19,7 +19,7 @@ from tidal_agents.allocation import CostModel, StepFeatures
 from tidal_agents.allocation.load import EngineLoad, engine_load, ledger_for
 from tidal_agents.allocation.predictor import AccuracyPredictor
 from tidal_agents.engine.types import Engine, TokenCallback
-from tidal_agents.episode import Episode, EpisodeRegistry, current_episode
+from tidal_agents.episode import Episode, EpisodeRegistry, current_episode, open_episodes
 from tidal_agents.errors import TidalEngineError
 from tidal_agents.step.decide import (
     AllocationSettings,
@@ -172,6 +172,9 @@ class StepPipeline:
         """The step as prepared, or re-prepared under the answer-only grammar when the
         episode has no time left for another tool round trip."""
         load = engine_load(self.engine, ledger_for(self.engine), ticket)
+        # every other open episode decodes at least one sequence soon, if not yet
+        others = open_episodes() - (1 if episode is not None else 0)
+        load = replace(load, concurrent_sequences=max(load.concurrent_sequences, others))
         features = self._features(prepared, step_index, load)
         options = prepared.options
         due = wrap_up(features, options.choice.mode, prepared.max_tokens, episode,
