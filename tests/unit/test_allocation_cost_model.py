@@ -103,9 +103,14 @@ def test_cut_short_runs_only_raise_predictions() -> None:
     cm.update(BO8, f, CostRecord(generated_tokens=512, engine_calls=1, wall_s=p0 / 3,
                                  cut_short=True))
     assert cm.predict(BO8, f).latency_s == p0 and cm.updates == 0
+    greedy = StrategyConfig("single", temperature=0.0, max_tokens=64)
+    ratio = cm.predict(greedy, f).latency_s / p0
     cm.update(BO8, f, CostRecord(generated_tokens=512, engine_calls=1, wall_s=p0 * 3,
                                  cut_short=True))
     assert cm.predict(BO8, f).latency_s > p0
+    # through the load factor alone: the machine is slower, for every configuration
+    assert "bo8-majority" not in cm.config_factors or cm.config_factors["bo8-majority"] == 1.0
+    assert cm.predict(greedy, f).latency_s / cm.predict(BO8, f).latency_s == pytest.approx(ratio)
 
 
 def test_output_length_is_learned_when_the_step_does_not_say() -> None:

@@ -244,7 +244,8 @@ class CostModel:
         """Move the model toward one measured run (exponentially weighted).
 
         Cut-short runs are censored: their wall time is a lower bound, so they
-        only ever raise the prediction. Runs that spent nothing are ignored.
+        only ever raise the prediction, and only through the load factor. Runs
+        that spent nothing are ignored.
         """
         if cost.engine_calls <= 0 or cost.wall_s <= 0 or cost.generated_tokens <= 0:
             return
@@ -270,7 +271,13 @@ class CostModel:
             if cost.cut_short and residual < 0:
                 return
             self.load_factor = _clamp(self.load_factor * math.exp(self.load_rate * residual))
-            self.config_factors[config.name] = _clamp(cfg * math.exp(self.config_rate * residual))
+            if not cost.cut_short:
+                # a run cut short says the machine is slower than predicted, not this
+                # configuration: under load the cheapest configuration is the one cut
+                # most, and blaming it would make a costlier one look faster
+                self.config_factors[config.name] = _clamp(
+                    cfg * math.exp(self.config_rate * residual)
+                )
             self.updates += 1
 
     def latency_headroom(
