@@ -8,6 +8,7 @@ This module adapts LangChain's entry points to the step pipeline
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from operator import itemgetter
@@ -107,6 +108,9 @@ class TidalChatModel(BaseChatModel):
     """Configurations the allocator chooses among (default: allocation.default_grid)."""
     lambda_tokens: float = 1e-4
     lambda_latency: float = 0.05
+    predictor_file: str | None = None
+    """A trained accuracy predictor (`tidal-agents train --model-out FILE`) for this
+    model and its tasks; None = the shipped one for the embedded model, else the prior."""
     engine_config: EngineConfig | None = None
     """Extra vLLM engine arguments; ``model`` above takes precedence."""
     base_url: str | list[str] | None = None
@@ -130,6 +134,11 @@ class TidalChatModel(BaseChatModel):
         check_number("lambda_tokens", self.lambda_tokens, lo=0)
         check_number("lambda_latency", self.lambda_latency, lo=0)
         check_number("temperature", self.temperature, lo=0, allow_none=True)
+        if self.predictor_file is not None and not os.path.isfile(self.predictor_file):
+            raise TidalConfigError(
+                f"predictor_file={self.predictor_file!r}: no such file; allowed is a file "
+                "written by `tidal-agents train --model-out FILE`, or None."
+            )
         if self.base_url is not None:
             urls = [self.base_url] if isinstance(self.base_url, str) else self.base_url
             if not urls or not all(u.startswith(("http://", "https://")) for u in urls):
@@ -204,7 +213,11 @@ class TidalChatModel(BaseChatModel):
         """The trained default for the embedded model if shipped, else the prior."""
         if self._predictor is None:
             embedded = self.model is None and self.base_url is None
-            trained = SklearnAccuracyPredictor.load_default() if embedded else None
+            trained: SklearnAccuracyPredictor | None = None
+            if self.predictor_file is not None:
+                trained = SklearnAccuracyPredictor.load(self.predictor_file)
+            elif embedded:
+                trained = SklearnAccuracyPredictor.load_default()
             self._predictor = trained or PriorAccuracyPredictor()
         return self._predictor
 

@@ -133,16 +133,22 @@ def test_shipped_default_predictor_loads_if_present() -> None:
     pred = SklearnAccuracyPredictor.load_default()
     if pred is None:
         pytest.skip("no predictor shipped in tidal_agents/data/")
-    accs = pred.predict(q("What is 3 + 4?"), GRID)
+    accs = pred.predict(q("What is 3 + 4?", "text"), GRID)
     assert len(accs) == len(GRID) and all(0 <= a <= 1 for a in accs)
-    assert pred._fast is not None  # compiled: decisions stay well under a millisecond
     # the shipped model was trained on this version's feature vector, in this order
     assert pred.feature_names == FEATURE_NAMES + CONFIG_FEATURE_NAMES
     width = design_matrix([(q("What is 3 + 4?"), GRID[0])]).shape[1]
     assert width == len(FEATURE_NAMES) + len(CONFIG_FEATURE_NAMES)
-    est = pred.model.calibrated_classifiers_[0].estimator
-    assert est.n_features_in_ == pred._inputs(np.zeros((1, width))).shape[1]
-    # the chat model's kind of step ("text", with the answer instruction) is predicted too
+    for model in pred.parts.values() if pred.per_kind else [pred]:
+        assert model._fast is not None  # compiled: decisions stay well under a millisecond
+        est = model.model.calibrated_classifiers_[0].estimator
+        assert est.n_features_in_ == model._inputs(np.zeros((1, width))).shape[1]
+    # every kind of step the chat model runs is covered over the default grid (tool
+    # steps: the grid without beam, which the chat model never runs under a grammar)
+    names = [c.name for c in GRID]
+    sampling = [c.name for c in GRID if c.strategy != "beam"]
+    assert pred.covers("text", names)
+    assert pred.covers("tool_call", sampling) and pred.covers("tool_answer", sampling)
     chat = StepFeatures.from_text(
         "What is 87 * 28?\nGive the final answer as a single number at the end.",
         prompt_tokens=53, answer_kind="text",
@@ -187,3 +193,41 @@ def test_bootstrap_soft_label() -> None:
         bootstrap_soft_label(["5"], [True, False], 2)
     with pytest.raises(TidalConfigError, match="n=0"):
         bootstrap_soft_label(["5"], [True], 0)
+
+
+def test_chat_model_loads_a_trained_predictor_file(
+    tmp_path: Path, hgb: SklearnAccuracyPredictor
+) -> None:
+    from tidal_agents import TidalChatModel
+
+    path = hgb.save(tmp_path / "mine.joblib")
+    model = TidalChatModel(predictor_file=str(path))
+    loaded = model.accuracy_predictor
+    assert loaded.kind == "trained" and isinstance(loaded, SklearnAccuracyPredictor)
+    assert loaded.n_rows == hgb.n_rows and loaded.coverage == hgb.coverage
+    with pytest.raises(ValueError, match="predictor_file=.*no such file"):  # pydantic's
+        TidalChatModel(predictor_file=str(tmp_path / "missing.joblib"))
+
+
+def test_per_kind_predictor_fits_one_model_per_kind_of_step(tmp_path: Path) -> None:
+    from dataclasses import replace
+
+    text = synthetic_rows(40, seed=1)
+    # tool steps where samples always pay: a different law, one model per kind learns both
+    tool = [TrainingRow(replace(r.features, answer_kind="tool_call"), r.config,
+                        0.1 if r.config.n == 1 else 0.9) for r in synthetic_rows(40, seed=2)
+            if r.config.strategy != "beam"]
+    pred = SklearnAccuracyPredictor(estimator="logistic", per_kind=True).fit(text + tool)
+    assert set(pred.parts) == {"math", "tool_call"} and pred.n_rows == len(text) + len(tool)
+    names = [c.name for c in GRID]
+    assert pred.covers("math", names) and not pred.covers("tool_call", names)
+    assert pred.covers("tool_call", [c.name for c in GRID if c.strategy != "beam"])
+    greedy, bo16 = GRID[0], next(c for c in GRID if c.name == "bo16-majority")
+    call = replace(q("What is 3 + 4?"), answer_kind="tool_call")
+    low, high = pred.predict(call, [greedy, bo16])
+    assert low < 0.3 < 0.7 < high
+    back = SklearnAccuracyPredictor.load(pred.save(tmp_path / "k.joblib"))
+    assert back.per_kind and back.coverage == pred.coverage
+    assert back.predict(call, [greedy, bo16]) == pred.predict(call, [greedy, bo16])
+    with pytest.raises(TidalConfigError, match="no model for steps of kind 'tool_answer'"):
+        pred.predict(replace(call, answer_kind="tool_answer"), [greedy])

@@ -31,7 +31,7 @@ OWN_OPTIONS: dict[tuple[str, ...], set[str]] = {
     (): set(),
     ("demo",): {"--deadline", "--trace-dir"},
     ("model",): {"--force"},
-    ("calibrate",): {"--model", "--quick", "--engine-url"},
+    ("calibrate",): {"--model", "--quick", "--engine-url", "--out"},
     ("bench",): set(),
     ("report",): {"--check", "--readme", "--results-dir"},
     ("serve",): {"--host", "--port", "--allow-remote", "--api-key", "--model", "--engine-url",
@@ -113,7 +113,8 @@ def test_option_defaults_are_the_modules() -> None:
     assert (engine.max_tokens, engine.remote, engine.model, engine.json) == (64, None, None, False)
     collect = parser.parse_args(["collect", "--out", "o.jsonl"])
     assert (collect.task, collect.n_max, collect.max_tokens, collect.concurrency,
-            collect.latency_items, collect.beam_widths) == ("arith", 16, 96, 4, 8, [])
+            collect.latency_items, collect.no_beam, collect.tasks) == (None, 16, 64, 4, 3, False,
+                                                                   None)
     train = parser.parse_args(["train"])
     assert (train.estimator, train.test_fraction, train.seed) == ("select", 0.3, 0)
     assert train.func is not collect.func  # each runs its own module

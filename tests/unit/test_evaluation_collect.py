@@ -1,177 +1,183 @@
-"""Bootstrap soft labels, the latency model and resumable outcome files (no engine)."""
+"""Outcome collection through the chat model's step path, on the fake engine (no vLLM)."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import random
-from dataclasses import dataclass
+import re
 from pathlib import Path
 
 import pytest
+from fakes import FakeEngine
 
+from tidal_agents import tool_protocol as tp
+from tidal_agents.engine.types import GenerationRequest
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.evaluation import collect
-from tidal_agents.evaluation.collect import (
-    CollectSettings,
-    LatencyMeasurement,
-    LatencyModel,
-    SampleOutcome,
-    bootstrap,
-    vote_expected_correct,
-)
+from tidal_agents.evaluation.agent_tasks import agent_tasks
+from tidal_agents.evaluation.collect import CollectSettings, LatencyMeasurement, LatencyModel
+from tidal_agents.evaluation.step_tasks import agent_steps, grade, planned_calls, text_steps
 from tidal_agents.evaluation.tasks import graded_arithmetic
-
-
-def _s(key: str | None, ok: bool, tokens: int = 10, lp: float | None = -0.5) -> SampleOutcome:
-    return SampleOutcome(key, ok, tokens, lp, "stop")
-
-
-def test_majority_vote_and_tie_split() -> None:
-    assert vote_expected_correct([_s("a", True), _s("a", True), _s("b", False)], "majority") == 1
-    assert vote_expected_correct([_s("a", True), _s("b", False), _s("b", False)], "majority") == 0
-    # a 1-1 tie between a right and a wrong answer is worth one half
-    assert vote_expected_correct([_s("a", True), _s("b", False)], "majority") == 0.5
-    # samples without an answer do not vote
-    assert vote_expected_correct([_s(None, False), _s(None, False), _s("a", True)], "majority") == 1
-    assert vote_expected_correct([_s(None, False)], "majority") == 0.0
-
-
-def test_confidence_vote_weighs_logprobs() -> None:
-    samples = [_s("a", True, lp=-0.05), _s("b", False, lp=-2.0), _s("b", False, lp=-2.0)]
-    assert vote_expected_correct(samples, "majority") == 0.0
-    assert vote_expected_correct(samples, "confidence") == 1.0  # 0.95 > 2 * 0.135
-    with pytest.raises(TidalConfigError, match="selector"):
-        vote_expected_correct(samples, "best")  # type: ignore[arg-type]
-
-
-def test_bootstrap_soft_label_matches_hypergeometric() -> None:
-    # 4 of 16 samples right, all distinct wrong answers: a 1-sample "vote" is right w.p. 1/4
-    samples = [_s("r", True)] * 4 + [_s(f"w{i}", False) for i in range(12)]
-    out = bootstrap(samples, 1, "majority", 4000, random.Random(0))
-    assert out.soft_label == pytest.approx(0.25, abs=0.03)
-    # n = pool size is the real vote, used once: 'r' has 4 votes, every wrong answer 1
-    full = bootstrap(samples, 16, "majority", 30, random.Random(0))
-    assert full.soft_label == 1.0 and full.longest_tokens == (10,)
-    assert full.generated_tokens == 160
-
-
-def test_bootstrap_tokens_and_longest() -> None:
-    samples = [_s("a", True, tokens=t) for t in (5, 10, 20, 40)]
-    out = bootstrap(samples, 2, "majority", 200, random.Random(1))
-    assert out.generated_tokens == pytest.approx(2 * 75 / 4, rel=0.1)
-    assert all(x in (10, 20, 40) for x in out.longest_tokens)  # never the shortest alone
-    with pytest.raises(TidalConfigError, match="n=5"):
-        bootstrap(samples, 5, "majority", 30, random.Random(0))
+from tidal_agents.step.prepare import step_features
 
 
 def test_latency_model_fit() -> None:
-    ms = [LatencyMeasurement("q", n, 0.7, 0.3 + length * (0.02 + 0.001 * n), length, n * length, 40)
-          for n in (1, 2, 4, 8, 16) for length in (10, 50, 90)]
+    ms = [LatencyMeasurement("q", n, 0.7, 0.3 + 0.002 * p + length * (0.02 + 0.001 * n),
+                             length, n * length, p)
+          for n in (1, 2, 4, 8, 16) for length in (10, 50, 90) for p in (40, 200)]
     model = LatencyModel.fit(ms)
-    assert model.predict(1, 50) == pytest.approx(0.3 + 50 * 0.021, rel=1e-3)
-    assert model.predict(16, 90) == pytest.approx(0.3 + 90 * 0.036, rel=1e-3)
+    assert model.predict(1, 50, 40) == pytest.approx(0.3 + 0.08 + 50 * 0.021, rel=1e-3)
+    assert model.predict(16, 90, 200) == pytest.approx(0.3 + 0.4 + 90 * 0.036, rel=1e-3)
     assert model.predict(8, 50) > model.predict(2, 50) > model.predict(1, 40)
     with pytest.raises(TidalConfigError, match="at least 3"):
         LatencyModel.fit(ms[:2])
 
 
-def test_settings_validation_and_grid() -> None:
+def test_settings_and_task_specs() -> None:
     with pytest.raises(TidalConfigError, match="power of two"):
         CollectSettings(n_max=12)
-    with pytest.raises(TidalConfigError, match="beam"):
-        CollectSettings(beam_widths=(1,))
-    names = collect.grid_names(CollectSettings(n_max=8, beam_widths=(2,)))
-    assert names == ["greedy", "single", "bo2-majority", "bo2-confidence", "bo4-majority",
-                     "bo4-confidence", "bo8-majority", "bo8-confidence", "beam2"]
+    assert collect.parse_task_spec("arith:30") == ("arith", 30)
+    assert collect.parse_task_spec("agent") == ("agent", collect.SOURCES["agent"])
+    with pytest.raises(TidalConfigError, match="allowed names"):
+        collect.parse_task_spec("mmlu:3")
+    steps = collect.load_steps(["arith:6", "agent:3"])
+    assert len(steps) == 6 + 2 * 3 and len({s.id for s in steps}) == 12
+    # interleaved: every kind appears early in the run
+    assert {s.kind for s in steps[:4]} == {"text", "tool_call", "tool_answer"}
 
 
-@dataclass(frozen=True)
-class _FakeSample:
-    text: str
-    token_ids: tuple[int, ...]
-    finish_reason: str = "stop"
-    mean_logprob: float | None = -0.3
+def test_agent_steps_plans_and_grading() -> None:
+    steps = agent_steps(9, seed=0)
+    kinds = {s.kind for s in steps}
+    assert kinds == {"tool_call", "tool_answer"} and len(steps) == 18
+    # every other task binds a distractor tool
+    assert any("distractor" in s.difficulty for s in steps)
+    assert any("plain" in s.difficulty for s in steps)
+    for task in agent_tasks(9, seed=0):
+        calls = planned_calls(task)
+        assert calls[-1][2] == pytest.approx(task.gold)
+    call = next(s for s in steps if s.kind == "tool_call")
+    assert call.expected_call is not None
+    name, args = call.expected_call
+    right = tp.ParsedReply("", [{"name": name, "args": args, "id": "x", "type": "tool_call"}])
+    wrong = tp.ParsedReply("", [{"name": name, "args": {k: 1 for k in args}, "id": "x",
+                                 "type": "tool_call"}])
+    assert grade(call, right) and not grade(call, wrong)
+    assert not grade(call, tp.ParsedReply(f"The answer is {call.gold}", []))
+    answer = next(s for s in steps if s.kind == "tool_answer")
+    assert grade(answer, tp.ParsedReply(f"It is {answer.gold}.", []))
+    assert not grade(answer, right)
+    text = text_steps(graded_arithmetic(2, seed=0))[0]
+    assert grade(text, tp.ParsedReply(f"So the answer is {text.gold}.", []))
 
 
-@dataclass(frozen=True)
-class _FakeResult:
-    samples: tuple[_FakeSample, ...]
-    prompt_tokens: int = 30
-    generated_tokens: int = 0
-    wall_s: float = 0.5
+def _engine() -> FakeEngine:
+    engine = FakeEngine()
+    engine.replies = lambda request: _replies(engine, request)
+    return engine
 
 
-class _FakeEngine:
-    """Answers `What is a + b?` right on even sample indices, wrong on odd ones."""
-
-    backend_id = "fake"
-
-    def __init__(self) -> None:
-        self.calls = 0
-
-    def apply_chat_template(self, messages: list[dict[str, str]]) -> str:
-        return messages[-1]["content"]
-
-    async def generate(self, request: object) -> _FakeResult:
-        import re
-
-        self.calls += 1
-        prompt, n = request.prompt, request.n  # type: ignore[attr-defined]
+def _replies(engine: FakeEngine, request: GenerationRequest) -> list[str]:
+    """Text prompts: right on even samples, wrong on odd ones (beam continuations too);
+    tool prompts: the right call; after a tool result: the result stated."""
+    prompt = request.prompt
+    if isinstance(prompt, tuple):  # beam search continues token ids
+        prompt = engine.tokenizer.decode(prompt)
+    if request.guided is None:
         a, op, b = re.search(r"(\d+) ([+*]) (\d+)", prompt).groups()  # type: ignore[union-attr]
         right = int(a) + int(b) if op == "+" else int(a) * int(b)
-        samples = tuple(
-            _FakeSample(f"The answer is {right if i % 2 == 0 else right + 1}.", (1,) * (5 + i))
-            for i in range(n)
-        )
-        return _FakeResult(samples, generated_tokens=sum(len(s.token_ids) for s in samples))
+        return [f"The answer is {right if i % 2 == 0 else right + 1}." for i in range(request.n)]
+    result = re.findall(r"is (\d+(?:\.\d+)?)\.", prompt)
+    if "The result of" in prompt and result:
+        return [json.dumps({"answer": f"It is {result[-1]}."})]
+    a, b = re.search(r"What is (\d+) (?:times|plus) (\d+)", prompt).groups()  # type: ignore[union-attr]
+    name = "multiply" if "times" in prompt.split("user")[-1] else "add"
+    return [json.dumps({"name": name, "arguments": {"a": int(a), "b": int(b)}})]
 
 
-def test_collect_writes_rows_and_resumes(tmp_path: Path) -> None:
-    items = graded_arithmetic(6, seed=0, kinds=["add-1d", "mul-1d"])
+def test_collect_writes_rows_through_the_step_path_and_resumes(tmp_path: Path) -> None:
+    from tidal_agents.evaluation.agent_tasks import AGENT_TASK_KINDS
+
+    assert "multiply-only" in AGENT_TASK_KINDS
+    texts = text_steps(graded_arithmetic(4, seed=0, kinds=["add-1d", "mul-1d"]))
+    agents = [s for s in agent_steps(9, seed=0)
+              if s.difficulty.split("/")[0] in ("multiply-only", "add-only")]
+    steps = texts[:3] + agents
     out = tmp_path / "o.jsonl"
-    settings = CollectSettings(n_max=4, max_tokens=16, latency_items=2, concurrency=3)
-    engine = _FakeEngine()
-    summary = asyncio.run(collect.collect(engine, items[:4], out, settings, show=False))
-    assert summary["collected"] == 4
-    rows = [json.loads(x) for x in out.read_text().splitlines()]
-    names = collect.grid_names(settings)
-    assert len(rows) == 4 * len(names)
-    by = {(r["query_id"], r["config"]): r for r in rows}
-    first = items[0].id
-    assert by[(first, "greedy")]["soft_label"] == 1.0  # sample 0 is right
-    assert by[(first, "single")]["soft_label"] == 0.5  # half the samples are right
-    assert by[(first, "bo4-majority")]["soft_label"] == 0.5  # a 2-2 tie
-    assert by[(first, "bo4-majority")]["tokens"] == 30 + (5 + 6 + 7 + 8)
-    assert all(r["latency_s"] > 0 and r["latency_source"] == "model" for r in rows)
-    assert (tmp_path / "o.latency.jsonl").exists() and (tmp_path / "o.samples.jsonl").exists()
-    calls = engine.calls
-    again = asyncio.run(collect.collect(engine, items, out, settings, show=False))
-    assert again["skipped"] == 4 and again["collected"] == 2
-    assert engine.calls == calls + 2 * 2  # only the two new items (n_max + greedy each)
+    settings = CollectSettings(n_max=4, max_tokens=16, latency_items=1, concurrency=3)
+    engine = _engine()
+    summary = asyncio.run(collect.collect(engine, steps, out, settings, show=False))
+    assert summary["collected"] == len(steps)
     rows = collect.read_rows(out)
-    assert len(collect.completed_queries(rows, names)) == 6
+    by = {(r["query_id"], r["config"]): r for r in rows}
+    first = texts[0].id
+    # the text grid holds beam; a tool step's grid does not (the chat model never runs it)
+    assert {c for q, c in by if q == first} == {
+        "greedy", "bo2-majority", "bo4-majority", "beam2", "beam4"}
+    assert by[(first, "greedy")]["soft_label"] == 1.0  # greedy is sample 0: right
+    # a 2-2 tie among 4 samples goes to the first answer seen: always the right one here
+    assert by[(first, "bo4-majority")]["soft_label"] == 1.0
+    assert 0.0 <= by[(first, "bo2-majority")]["soft_label"] <= 1.0
+    assert by[(first, "beam2")]["latency_source"] == "measured"
+    for s in agents:
+        kind = by[(s.id, "greedy")]["kind"]
+        assert kind == s.kind and by[(s.id, "greedy")]["features"]["answer_kind"] == kind
+        assert by[(s.id, "greedy")]["soft_label"] == 1.0
+        assert (s.id, "beam2") not in by
+    # the features are the chat model's own (recomputed from the prepared step)
+    prepared = collect.prepare(engine, agents[1], settings)
+    assert by[(agents[1].id, "greedy")]["features"] == step_features(
+        prepared, agents[1].step_index, 0).to_dict()
+    assert all(r["latency_s"] > 0 and r["generated_tokens"] > 0 for r in rows)
+    assert collect.side_file(out, "latency").exists() and collect.side_file(out, "samples").exists()
+    again = asyncio.run(collect.collect(engine, [*steps, texts[3]], out, settings, show=False))
+    assert again["skipped"] == len(steps) and again["collected"] == 1
 
 
-def test_latency_fit_ignores_contention_outliers() -> None:
-    ms = [LatencyMeasurement("q", n, 0.7, 0.2 + 0.03 * length, length, n * length, 40)
-          for n in (1, 4) for length in range(10, 90, 10)]
-    ms[2] = LatencyMeasurement("q", 1, 0.7, 25.0, 30, 30, 40)  # ran beside another engine
-    ms[9] = LatencyMeasurement("q", 4, 0.7, 12.0, 20, 80, 40)
-    model = LatencyModel.fit(ms)
-    assert model.predict(4, 50) == pytest.approx(0.2 + 0.03 * 50, rel=0.05)
+def test_bootstrap_is_deterministic_per_step() -> None:
+    steps = text_steps(graded_arithmetic(1, seed=0, kinds=["add-1d"]))
+    settings = CollectSettings(n_max=4, max_tokens=16, latency_items=1, beams=False)
+    engine = _engine()
+    got = asyncio.run(collect.generate_step(engine, steps[0], settings))
+    lat = LatencyModel(0.1, 0.01, 0.001)
+    a = collect.rows_from_samples(got, settings, lat, random.Random("0:x"), "fake")
+    b = collect.rows_from_samples(got, settings, lat, random.Random("0:x"), "fake")
+    assert [r.soft_label for r in a] == [r.soft_label for r in b]
+    assert [r.config for r in a] == ["greedy", "bo2-majority", "bo4-majority"]
 
 
-def test_rebuild_reproduces_rows(tmp_path: Path) -> None:
-    items = graded_arithmetic(5, seed=0, kinds=["add-1d", "mul-1d"])
-    out = tmp_path / "o.jsonl"
-    settings = CollectSettings(n_max=4, max_tokens=16, latency_items=2, concurrency=2)
-    asyncio.run(collect.collect(_FakeEngine(), items, out, settings, show=False))
-    dest = tmp_path / "again.jsonl"
-    assert collect.rebuild(out, items, settings, dest) == 5
-    key = lambda r: (r["query_id"], r["config"])  # noqa: E731
-    before = sorted(collect.read_rows(out), key=key)
-    after = sorted(collect.read_rows(dest), key=key)
-    for r in before:
-        r["extra"] = {}
-    assert before == after
+def test_task_file_steps_and_their_grading(tmp_path: Path) -> None:
+    from fakes import ADD_TOOL
+
+    from tidal_agents.evaluation.step_tasks import file_steps
+
+    tasks = [
+        {"prompt": "What is 2 + 3?", "gold": "5", "tag": "mine"},
+        {"id": "call", "prompt": "Add 2 and 3.", "tools": [ADD_TOOL],
+         "gold": {"name": "add", "arguments": {"a": 2, "b": 3}}},
+        {"id": "answer", "tools": ["multiply"], "gold": 84, "messages": [
+            {"role": "user", "content": "What is 12 times 7?"},
+            {"role": "assistant", "content": "", "tool_calls": [
+                {"id": "c1", "name": "multiply", "arguments": {"a": 12, "b": 7}}]},
+            {"role": "tool", "content": "84.0", "tool_call_id": "c1"}]},
+        {"prompt": "Capital of France?", "gold": "Paris"},
+    ]
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("\n".join(json.dumps(t) for t in tasks) + "\n")
+    text, call, answer, words = file_steps(path)
+    assert (text.kind, call.kind, answer.kind, words.kind) == (
+        "text", "tool_call", "tool_answer", "text")
+    assert text.difficulty == "mine" and answer.step_index == 1
+    assert grade(text, tp.ParsedReply("The answer is 5.", []))
+    assert grade(words, tp.ParsedReply("The answer is paris.", []))
+    good = {"name": "add", "args": {"b": 3, "a": 2}, "id": "x", "type": "tool_call"}
+    assert grade(call, tp.ParsedReply("", [good]))
+    assert not grade(call, tp.ParsedReply("", [{**good, "args": {"a": 2, "b": 4}}]))
+    assert grade(answer, tp.ParsedReply("12 times 7 is 84.", []))
+    # prepared as the chat model prepares it: the file's tool grammar and system prompt
+    prepared = collect.prepare(_engine(), call, CollectSettings())
+    assert prepared.tool_grammar and "add" in prepared.prompt
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
+    with pytest.raises(TidalConfigError, match="'gold'"):
+        file_steps(tmp_path / "bad.jsonl")

@@ -139,15 +139,25 @@ def test_single_sample_steps_take_the_users_temperature() -> None:
     assert fitted.temperature == 0.4 and fitted.max_tokens == 16
 
 
-def test_trained_predictor_is_not_used_outside_its_training_data() -> None:
+def test_trained_predictor_decides_where_its_training_data_covers_the_step() -> None:
     class Trained:
         kind = "trained"
+        coverage = {"text": ["greedy", "bo4-majority"], "tool_call": ["greedy"]}
+
+        def covers(self, kind: str, names: list[str]) -> bool:
+            return set(names) <= set(self.coverage.get(kind, ()))
 
         def predict(self, features: StepFeatures, configs: object) -> list[float]:
-            raise AssertionError("not trained for this step")
+            raise AssertionError("not called here")
 
-    grid = step_grid(AllocationSettings(), 64, guided=True)
-    assert predictor_for(Trained(), _features("tool_call"), grid).kind == "prior"
+    greedy_bo4 = (GREEDY, StrategyConfig("best_of_n", n=4, selector="majority"))
+    assert predictor_for(Trained(), _features("text"), greedy_bo4).kind == "trained"
+    assert predictor_for(Trained(), _features("tool_call"), greedy_bo4[:1]).kind == "trained"
+    # an unseen configuration or kind of step: the documented prior, recorded as such
+    assert predictor_for(Trained(), _features("tool_call"), greedy_bo4).kind == "prior"
+    assert predictor_for(Trained(), _features("tool_answer"), greedy_bo4[:1]).kind == "prior"
+    grid = step_grid(AllocationSettings(), 64, guided=False)
+    assert predictor_for(Trained(), _features("text"), grid).kind == "prior"  # beam unseen
 
 
 def test_without_an_episode_the_per_call_timeout_is_the_allowance() -> None:

@@ -117,7 +117,9 @@ class RunShape:
 #: measured beam-search corrections on the 2-core CPU (see `CostModel.default`)
 DEFAULT_BEAM_FACTORS: dict[str, float] = {"beam2": 1.6, "beam4": 1.9}
 #: prior new tokens per sequence when the step does not say (learned online)
-DEFAULT_OUTPUT_TOKENS: dict[str, float] = {"text": 96.0, "math": 128.0, "tool_call": 40.0}
+DEFAULT_OUTPUT_TOKENS: dict[str, float] = {
+    "text": 96.0, "math": 128.0, "tool_call": 40.0, "tool_answer": 40.0,
+}
 
 
 #: recent steps whose measured / predicted latency ratios set the headroom

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, fields
-from typing import Any, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 
@@ -20,7 +20,11 @@ from tidal_agents.errors import TidalConfigError
 from tidal_agents.types import AnswerKind
 from tidal_agents.validation import check_bool, check_choice, check_int, check_number
 
-ANSWER_KINDS: tuple[str, ...] = get_args(AnswerKind)
+#: the allocator's kinds of step: the answer kinds, and "tool_answer" (a step after a
+#: tool result, tools bound: the reply is mostly an answer, decoded under the tool
+#: grammar; its outcomes differ from a first tool-call step's)
+StepKind = AnswerKind | Literal["tool_answer"]
+ANSWER_KINDS: tuple[str, ...] = (*get_args(AnswerKind), "tool_answer")
 
 _DIGIT_RUN = re.compile(r"\d+")
 _MATH_OPS = re.compile(r"(?<![a-zA-Z])[+\-*/^=×÷]|\\frac|\\sqrt|sqrt\(|\bsum\b|\bproduct\b")
@@ -69,6 +73,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "kind_text",
     "kind_math",
     "kind_tool_call",
+    "kind_tool_answer",
     "digits",
     "max_number_digits",
     "numbers",
@@ -110,8 +115,9 @@ class StepFeatures:
     expected_output_tokens: int | None = None
     """Expected new tokens per sample, None if unknown (the cost model then uses its
     learned per-kind estimate)."""
-    answer_kind: AnswerKind = "text"
-    """How outputs are compared: "text", "math" or "tool_call"."""
+    answer_kind: StepKind = "text"
+    """The kind of step: "text", "math", "tool_call", or "tool_answer" (after a tool
+    result, tools bound)."""
     digits: int = 0
     """Digit characters in the query."""
     max_number_digits: int = 0
@@ -194,7 +200,7 @@ class StepFeatures:
         tool_choice_required: bool = False,
         previous_tool_errors: int = 0,
         expected_output_tokens: int | None = None,
-        answer_kind: AnswerKind = "text",
+        answer_kind: StepKind = "text",
         concurrent_sequences: int = 0,
         queued_prompt_tokens: int = 0,
     ) -> StepFeatures:
@@ -261,6 +267,7 @@ class StepFeatures:
             float(self.answer_kind == "text"),
             float(self.answer_kind == "math"),
             float(self.answer_kind == "tool_call"),
+            float(self.answer_kind == "tool_answer"),
             float(self.digits),
             float(self.max_number_digits),
             float(self.numbers),

@@ -22,9 +22,9 @@ from typing import Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 
-from tidal_agents.allocation.features import FEATURE_NAMES, StepFeatures
+from tidal_agents.allocation.features import FEATURE_NAMES, StepFeatures, StepKind
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.types import AnswerKind, StrategyConfig
+from tidal_agents.types import StrategyConfig
 
 PredictorKind = Literal["prior", "trained"]
 
@@ -46,7 +46,7 @@ class AccuracyPredictor(Protocol):
 
 # ---------------------------------------------------------------------- prior
 #: base single-sample accuracy per answer kind before difficulty adjustments
-_BASE_P1 = {"text": 0.55, "math": 0.35, "tool_call": 0.6}
+_BASE_P1 = {"text": 0.55, "math": 0.35, "tool_call": 0.6, "tool_answer": 0.6}
 #: exponent alpha of the effective sample count per selector (diminishing returns)
 _ALPHA = {"majority": 0.35, "confidence": 0.4, "tool_vote": 0.35, "scorer": 0.45, "first": 0.0}
 
@@ -153,6 +153,10 @@ class SklearnAccuracyPredictor:
     so the gain from more samples can depend on the query). Calibration:
     "sigmoid" (Platt, the paper's choice) or "isotonic".
 
+    `per_kind`: one such model per kind of step (`StepFeatures.answer_kind`), each fitted
+    on its kind's rows only: what extra samples buy differs by kind of step more than
+    one model's shared coefficients can express (docs/evaluation.md).
+
     Prediction does not go through scikit-learn: its tree ensembles predict with
     OpenMP threads, which on a busy 2-core machine took 10-260 ms for 8 rows. The
     fitted trees and calibrator are compiled into numpy arrays instead (~0.1 ms),
@@ -167,6 +171,7 @@ class SklearnAccuracyPredictor:
         calibration: Literal["sigmoid", "isotonic"] = "sigmoid",
         cv: int = 3,
         random_state: int = 0,
+        per_kind: bool = False,
     ) -> None:
         if estimator not in ("hgb", "logistic"):
             raise TidalConfigError(f"estimator={estimator!r}: allowed are 'hgb', 'logistic'.")
@@ -180,12 +185,25 @@ class SklearnAccuracyPredictor:
         self.calibration = calibration
         self.cv = cv
         self.random_state = random_state
+        self.per_kind = bool(per_kind)
+        #: per_kind: the fitted model of each kind of step
+        self.parts: dict[str, SklearnAccuracyPredictor] = {}
         self.model: Any = None
         self.feature_names = FEATURE_NAMES + CONFIG_FEATURE_NAMES
         self.n_rows = 0
         #: standardisation of the logistic model's inputs (None for trees)
         self.scale: tuple[np.ndarray, np.ndarray] | None = None
+        #: per step kind (`StepFeatures.answer_kind`), the configuration names it was
+        #: trained on (None: not recorded, e.g. a file from an older version)
+        self.coverage: dict[str, list[str]] | None = None
         self._fast: _CompiledModel | None = None
+
+    def covers(self, kind: str, config_names: Iterable[str]) -> bool:
+        """Whether the training data held steps of `kind` under every named configuration
+        (a file without the record is trusted)."""
+        if self.coverage is None:
+            return True
+        return set(config_names) <= set(self.coverage.get(kind, ()))
 
     def _base(self) -> Any:
         if self.estimator == "hgb":
@@ -216,6 +234,8 @@ class SklearnAccuracyPredictor:
         from sklearn.calibration import CalibratedClassifierCV
 
         parsed = [r if isinstance(r, TrainingRow) else TrainingRow(*r) for r in rows]
+        if self.per_kind:
+            return self._fit_per_kind(parsed)
         labels = np.array([r.soft_label for r in parsed], dtype=np.float64)
         if len(parsed) < 2 * self.cv:
             raise TidalConfigError(
@@ -246,12 +266,38 @@ class SklearnAccuracyPredictor:
             model.fit(self._inputs(xx[keep]), yy[keep], sample_weight=ww[keep])
         self.model = model
         self.n_rows = len(parsed)
+        seen: dict[str, set[str]] = {}
+        for r in parsed:
+            seen.setdefault(r.features.answer_kind, set()).add(r.config.name)
+        self.coverage = {k: sorted(v) for k, v in sorted(seen.items())}
         self._fast = _compile(self, x[: min(len(x), 64)])
+        return self
+
+    def _fit_per_kind(self, rows: list[TrainingRow]) -> SklearnAccuracyPredictor:
+        by_kind: dict[str, list[TrainingRow]] = {}
+        for r in rows:
+            by_kind.setdefault(r.features.answer_kind, []).append(r)
+        self.parts = {
+            kind: SklearnAccuracyPredictor(self.estimator, self.calibration, self.cv,  # type: ignore[arg-type]
+                                           self.random_state).fit(part)
+            for kind, part in sorted(by_kind.items())
+        }
+        self.model = "per_kind"
+        self.n_rows = len(rows)
+        self.coverage = {k: (p.coverage or {}).get(k, []) for k, p in self.parts.items()}
         return self
 
     def predict(self, features: StepFeatures, configs: Sequence[StrategyConfig]) -> list[float]:
         if self.model is None:
             raise TidalConfigError("SklearnAccuracyPredictor.predict() before fit() or load().")
+        if self.per_kind:
+            part = self.parts.get(features.answer_kind)
+            if part is None:
+                raise TidalConfigError(
+                    f"this predictor has no model for steps of kind {features.answer_kind!r}; "
+                    f"it was trained on {sorted(self.parts)} (see `covers`)."
+                )
+            return part.predict(features, configs)
         x = design_matrix((features, c) for c in configs)
         if self._fast is not None:
             proba = self._fast.predict(self._inputs(x))
@@ -274,20 +320,22 @@ class SklearnAccuracyPredictor:
             raise TidalConfigError("Nothing to save: fit() the predictor first.")
         target = Path(path)
         target.parent.mkdir(parents=True, exist_ok=True)
-        joblib.dump(
-            {
-                "format": "tidal-accuracy-predictor-1",
-                "feature_names": list(self.feature_names),
-                "estimator": self.estimator,
-                "calibration": self.calibration,
-                "cv": self.cv,
-                "n_rows": self.n_rows,
-                "scale": self.scale,
-                "model": self.model,
-            },
-            target,
-        )
+        joblib.dump(self._blob(), target)
         return target
+
+    def _blob(self) -> dict[str, Any]:
+        return {
+            "format": "tidal-accuracy-predictor-1",
+            "feature_names": list(self.feature_names),
+            "estimator": self.estimator,
+            "calibration": self.calibration,
+            "cv": self.cv,
+            "n_rows": self.n_rows,
+            "scale": self.scale,
+            "coverage": self.coverage,
+            "model": self.model,
+            "parts": {k: p._blob() for k, p in self.parts.items()} if self.per_kind else None,
+        }
 
     @classmethod
     def load(cls, path: str | Path) -> SklearnAccuracyPredictor:
@@ -302,10 +350,20 @@ class SklearnAccuracyPredictor:
                 f"{path} was trained on features {blob['feature_names']}; this version uses "
                 f"{expected}. Retrain it."
             )
-        pred = cls(estimator=blob["estimator"], calibration=blob["calibration"], cv=blob["cv"])
+        return cls._from_blob(blob)
+
+    @classmethod
+    def _from_blob(cls, blob: dict[str, Any]) -> SklearnAccuracyPredictor:
+        parts = blob.get("parts")
+        pred = cls(estimator=blob["estimator"], calibration=blob["calibration"], cv=blob["cv"],
+                   per_kind=parts is not None)
         pred.model = blob["model"]
         pred.n_rows = int(blob.get("n_rows", 0))
         pred.scale = blob.get("scale")
+        pred.coverage = blob.get("coverage")
+        if parts is not None:
+            pred.parts = {k: cls._from_blob(b) for k, b in parts.items()}
+            return pred
         probe = design_matrix(
             (StepFeatures.from_text(q, prompt_tokens=t, answer_kind=k), c)
             for q, t, k in _PROBE_STEPS
@@ -328,10 +386,11 @@ class SklearnAccuracyPredictor:
 
 
 #: steps and configurations on which a loaded model's compiled form is checked
-_PROBE_STEPS: tuple[tuple[str, int, AnswerKind], ...] = (
+_PROBE_STEPS: tuple[tuple[str, int, StepKind], ...] = (
     ("What is 3 + 4?", 40, "math"),
     ("What is 123 * 45?", 300, "math"),
     ("Call the weather tool for Paris.", 500, "tool_call"),
+    ("How many miles is 10 km?", 200, "tool_answer"),
     ("Hello!", 20, "text"),
 )
 _PROBE_CONFIGS = (

@@ -19,12 +19,23 @@ latency are the chosen configurations' recorded costs on those queries.
 tokens) is not above the best static configuration's
 (`tidal_agents.evaluation.figures`).
 
-* cross-validated (``cross_validated``,
+* cross-validated (``cross_validated``, the headline,
   `tidal_agents.evaluation.cross_validated`): the static best / adaptive /
-  oracle comparison over *all* queries, 5 query-grouped folds x 3 repeats,
-  everything (predictor, cost means, static best, lambda) fitted on the other
-  folds; pooled out-of-fold decisions, bootstrap 95% intervals over queries.
-  Less noisy than the one held-out split.
+  oracle comparison over *all* queries (steps of every kind), 5 query-grouped
+  folds x 3 repeats, everything (the shipped recipe's predictor, cost means,
+  static best, lambda) fitted on the other folds; pooled out-of-fold decisions,
+  bootstrap 95% intervals over queries. ``adaptive`` is the cheapest lambda
+  (in output tokens) whose training-fold accuracy is within 0.01 of the
+  training static best's; ``tokens_saved_at_matched_accuracy`` /
+  ``latency_saved_at_matched_accuracy`` are 1 - its output tokens / latency
+  over the static best's (null when its held-out accuracy is more than 0.01
+  below the static best's); ``gap_closed_expected_oracle`` the fraction of the
+  static-to-oracle gap it closes; ``adaptive_minus_static_best`` the paired
+  bootstrap difference. A static policy is one configuration for every step,
+  so it is chosen among the configurations every step can run (no beam: the
+  chat model never runs beam under a tool grammar).
+
+Tokens are generated (output) tokens.
 """
 
 from __future__ import annotations
@@ -48,7 +59,7 @@ from tidal_agents.evaluation.train import (
     REPORT_FILE,
     data_dir,
     load_outcomes,
-    predict_rows,
+    predict_matrix,
     split_rows,
     train,
 )
@@ -66,11 +77,10 @@ def evaluate(
     train_rows, test_rows = split_rows(rows, test_fraction, split_seed)
     qids, names, labels, tokens, latency = outcome_matrices(test_rows)
     _, _, _, tr_tokens, tr_latency = outcome_matrices(train_rows, names)
-    tokens_hat, latency_hat = tr_tokens.mean(axis=0), tr_latency.mean(axis=0)
-    # predicted accuracy per (held-out query, config)
+    tokens_hat, latency_hat = np.nanmean(tr_tokens, axis=0), np.nanmean(tr_latency, axis=0)
+    # predicted accuracy per (held-out query, config); NaN where the config does not run
     by = {(r["query_id"], r["config"]): r for r in test_rows}
-    flat = [by[(q, c)] for q in qids for c in names]
-    acc_hat = predict_rows(predictor, flat).reshape(len(qids), len(names))
+    acc_hat = predict_matrix(predictor, by, qids, names)
 
     out: dict[str, Any] = {"held_out_queries": len(qids)}
     out.update(allocation_figures(names, labels, tokens, latency, acc_hat, tokens_hat,
@@ -132,6 +142,9 @@ def _table(result: dict[str, Any]) -> None:
             add(key.replace("_", " "), result[key])
     add("oracle", result["oracle"])
     cv = result.get("cross_validated") or {}
+    if "adaptive" in cv:
+        add(f"CV ({cv['queries']} queries) static best", cv["static_best"])
+        add(f"CV ({cv['queries']} queries) adaptive at matched accuracy", cv["adaptive"])
     if "queries" in cv:
         for key in ("static", "adaptive_at_matched_latency", "adaptive_at_matched_tokens",
                     "oracle"):
@@ -141,8 +154,8 @@ def _table(result: dict[str, Any]) -> None:
 
 def _predictor(
     rows: Sequence[dict[str, Any]], outcome_files: Sequence[Path] | None
-) -> tuple[Any, float, int, str]:
-    """(predictor, test fraction, split seed, where the predictor comes from).
+) -> tuple[Any, float, int, str, str]:
+    """(predictor, test fraction, split seed, where the predictor comes from, estimator).
 
     The shipped predictor with the split it was trained on, for the committed
     outcomes; else one trained here on the training split of `rows`.
@@ -152,12 +165,14 @@ def _predictor(
         report = json.loads(report_path.read_text())
         return (SklearnAccuracyPredictor.load_default(), float(report["test_fraction"]),
                 int(report["split_seed"]),
-                "shipped (tidal_agents/data), trained on the same training split")
+                "shipped (tidal_agents/data), trained on the same training split",
+                str(report["estimator"]))
     fraction, seed = DEFAULT_TEST_FRACTION, 0
     split_rows(rows, fraction, seed)  # fails clearly on a degenerate split
-    predictor, _ = train(rows, fraction, seed, estimator="select")
+    predictor, report = train(rows, fraction, seed, estimator="select")
     return (predictor, fraction, seed,
-            "trained in this run on the training split (estimator chosen by CV on it)")
+            "trained in this run on the training split (estimator chosen by CV on it)",
+            str(report["estimator"]))
 
 
 def run(config: Any = None, args: Any = None) -> dict[str, Any]:
@@ -165,11 +180,12 @@ def run(config: Any = None, args: Any = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     outcome_files = getattr(args, "outcomes", None)
     rows = load_outcomes(outcome_files)
-    predictor, fraction, seed, source = _predictor(rows, outcome_files)
+    predictor, fraction, seed, source, estimator = _predictor(rows, outcome_files)
     points = 12 if getattr(args, "quick", False) else 30
     result = evaluate(rows, predictor, fraction, seed, points=points)
     try:
-        cv = cross_validated_allocation(rows, points=points)
+        # the shipped recipe: its estimator, refitted inside every training fold
+        cv = cross_validated_allocation(rows, estimator=estimator, points=points)
         cv.pop("_folds")
     except TidalConfigError as e:
         cv = {"unavailable": str(e)}

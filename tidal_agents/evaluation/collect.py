@@ -1,94 +1,96 @@
-"""Collect per-(query, configuration) outcomes: soft labels, tokens, latency.
+"""Collect per-(step, configuration) outcomes through the chat model's own step path.
 
-What runs for each query (the paper's recipe; see docs/design-notes.md, 'Soft
+Every step (`evaluation.step_tasks`: free-text questions, tool-call steps with
+and without a distractor tool, answer steps after tool results) is rendered by
+`tidal_agents.step.prepare.prepare_step` exactly as `TidalChatModel` renders it:
+the same chat template, tool system prompt and reply grammar, stops, answer
+kind, token room and `step_features`. The configurations are the chat model's
+grid for that step (`step.decide.step_grid` over the default grid: guided steps
+have no beam).
+
+What runs for each step (the paper's recipe; see docs/design-notes.md, 'Soft
 labels from one sampling request'):
 
-* one sampling request with ``n = n_max`` (temperature 0.7, sampled-token
-  log-probs). Every best-of-N configuration with N <= n_max is then
-  *bootstrapped* from those samples: 30 random subsets of N samples (drawn
-  without replacement, so each subset is what a real N-sample request would
-  return), majority or confidence-weighted vote, correctness of the selected
-  answer averaged over the subsets -> a soft label in [0, 1]. Ties are split:
-  a tie between k answers scores the fraction of them that is correct (the
-  expectation of a random tie-break). ``single`` (one sample at temperature
-  0.7) is the exact fraction of correct samples.
-* one greedy request (``greedy``: temperature 0, n = 1), run separately.
-* beam configurations (``--beam-widths``) run for real through
-  ``tidal_agents.strategies.run_strategy``, one query at a time, their own
-  measured tokens and wall time recorded.
+* one sampling request with ``n = n_max`` at the grid's temperature (sampled
+  token log-probs) and one greedy request. Every best-of-N configuration is
+  *bootstrapped* from those samples: `resamples` subsets of N samples drawn
+  without replacement (what a real N-sample request returns), each finished
+  as the chat model finishes a step: the strategy's selector over the complete
+  samples (`selection.voting.select`, the step's answer kind), the complete
+  reply preferred under a grammar, the reply parsed against the bound tools,
+  the loop guard's answer-only decode when the reply repeats an answered call,
+  the greedy fallback when nothing usable is left. The subset is graded
+  (`step_tasks.grade`); the soft label is the mean over subsets.
+* beam configurations run for real (`strategies.run_strategy`), one step at a
+  time, their own measured tokens and wall time recorded.
 
-Tokens of a bootstrapped configuration are exact: the prompt once (the n
-samples share it) plus the generated tokens of the samples in the subset.
+Generated tokens are exact (the subset's samples plus any follow-up decode).
+Latency of a bootstrapped subset is modelled from real requests sent alone
+before the main run (``--latency-items`` steps of each kind at n in {1, 2, 4,
+8, n_max} and greedy): ``wall = a + p * prompt + L * (b + c * n + g * guided)``
+(L: the longest sample's tokens) fitted by median regression (robust to a
+shared machine). The main run sends several steps at once for throughput, so
+its wall times are not latencies. Rows say which latency is measured and which
+modelled (``latency_source``).
 
-Latency of a bootstrapped configuration is *modelled from real measurements*:
-before the main run, ``--latency-items`` queries are sent alone (no other
-request of ours in flight) as real requests with n in {1, 2, 4, 8, n_max};
-the model ``wall = a + L * (b + c * n)`` (L: the longest sample's tokens;
-decode is sequential in the longest sample and each step costs more with a
-bigger batch) is fitted to them by median regression (robust to requests
-slowed by other processes on a shared machine), and each bootstrapped
-subset's latency is predicted from its own longest sample. The main run
-sends several queries at once for throughput, so its wall times are not
-per-query latencies and are not used as such.
-Rows say which latency is measured and which is modelled
-(``latency_source``).
-
-Output: JSONL, one row per (query, configuration), written a whole query at
-a time, so a killed run resumes where it stopped (queries already present
-are skipped). Latency measurements go to ``<out>.latency.jsonl``; the raw
-per-sample answers to ``<out>.samples.jsonl`` (for re-analysis).
+Output: JSONL(.gz), one row per (step, configuration) with the step's
+features, written a whole step at a time, so a killed run resumes where it
+stopped. Latency measurements go to ``<out>.latency.jsonl``; each step's
+samples (texts, tokens, log-probs) to ``<out>.samples.jsonl``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gzip
 import json
-import math
 import random
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from tidal_agents import tool_protocol as tp
 from tidal_agents.engine import EngineConfig, GenerationRequest, get_engine
 from tidal_agents.errors import TidalConfigError
-from tidal_agents.evaluation.datasets import TASKS, load_task
-from tidal_agents.evaluation.tasks import TaskItem
-from tidal_agents.selection.answers import answers_equal, canonical_answer, extract_answer
+from tidal_agents.evaluation.datasets import load_task
+from tidal_agents.evaluation.step_tasks import (
+    StepTask,
+    agent_steps,
+    file_steps,
+    grade,
+    text_steps,
+)
+from tidal_agents.step.decide import AllocationSettings, step_grid
+from tidal_agents.step.finish import prefer_complete, repeats_answered_call
+from tidal_agents.step.pipeline import has_usable_output
+from tidal_agents.step.prepare import PreparedStep, parse_call_options, prepare_step, step_features
 from tidal_agents.strategies import run_strategy
+from tidal_agents.strategies._common import to_candidate
 from tidal_agents.strategies.base import StepInput
-from tidal_agents.types import StrategyConfig
+from tidal_agents.types import Candidate, CostRecord, StrategyConfig, StrategyResult
 
-Selector = Literal["majority", "confidence"]
-SAMPLING_TEMPERATURE = 0.7
 DEFAULT_RESAMPLES = 30
 LATENCY_NS = (1, 2, 4, 8)
+#: task sources `--task` takes, with the default count of each
+SOURCES: dict[str, int] = {"arith": 200, "gsm8k": 40, "math500": 40, "agent": 100}
 
 
 # ----------------------------------------------------------------- records
 @dataclass(frozen=True)
-class SampleOutcome:
-    """One sample of the n_max request, reduced to what the bootstrap needs."""
-
-    answer_key: str | None
-    correct: bool
-    generated_tokens: int
-    mean_logprob: float | None
-    finish_reason: str
-
-
-@dataclass(frozen=True)
 class OutcomeRow:
-    """The measured or bootstrapped outcome of one configuration on one query."""
+    """The measured or bootstrapped outcome of one configuration on one step."""
 
     query_id: str
     task: str
     difficulty: str
+    #: the step kind: text, tool_call or tool_answer
+    kind: str
     question: str
     gold: str
     prompt_tokens: int
@@ -102,13 +104,16 @@ class OutcomeRow:
     soft_label: float
     #: prompt + generated tokens (mean over bootstrap subsets when bootstrapped)
     tokens: float
+    #: generated tokens, follow-up decodes (loop guard, fallback) included
     generated_tokens: float
     latency_s: float
-    #: 'measured' (this query, run alone) or 'model' (latency model, see module doc)
+    #: 'measured' (this step, run alone) or 'model' (latency model, see module doc)
     latency_source: str
     bootstrapped: bool
     seed: int
     backend: str
+    #: `StepFeatures.to_dict()` of the step as the chat model computes them
+    features: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -121,94 +126,28 @@ class LatencyMeasurement:
     longest_tokens: int
     generated_tokens: int
     prompt_tokens: int
-
-
-# ------------------------------------------------------------ bootstrap
-def _check_selector(selector: str) -> None:
-    if selector not in ("majority", "confidence"):
-        raise TidalConfigError(f"selector={selector!r}: allowed are majority, confidence.")
-
-
-def vote_expected_correct(
-    samples: Sequence[SampleOutcome], selector: Selector
-) -> float:
-    """Expected correctness of the vote over `samples` (ties split evenly).
-
-    majority: one vote per sample. confidence: each sample's vote weighs
-    exp(mean token log-prob) (its geometric-mean token probability).
-    Samples without an answer do not vote; if none has one, the result is 0.
-    """
-    _check_selector(selector)
-    weight: dict[str, float] = {}
-    correct: dict[str, list[bool]] = {}
-    for s in samples:
-        if s.answer_key is None:
-            continue
-        if selector == "majority":
-            w = 1.0
-        else:
-            lp = s.mean_logprob
-            w = math.exp(lp) if lp is not None and math.isfinite(lp) else 0.0
-        weight[s.answer_key] = weight.get(s.answer_key, 0.0) + w
-        correct.setdefault(s.answer_key, []).append(s.correct)
-    if not weight:
-        return 0.0
-    best = max(weight.values())
-    leaders = [k for k, w in weight.items() if math.isclose(w, best, rel_tol=1e-9, abs_tol=1e-12)]
-    return float(np.mean([np.mean(correct[k]) for k in leaders]))
-
-
-@dataclass(frozen=True)
-class BootstrapOutcome:
-    soft_label: float
-    generated_tokens: float
-    #: per subset: the longest sample's token count (drives decode latency)
-    longest_tokens: tuple[int, ...]
-
-
-def bootstrap(
-    samples: Sequence[SampleOutcome],
-    n: int,
-    selector: Selector,
-    resamples: int,
-    rng: random.Random,
-) -> BootstrapOutcome:
-    """Soft label of an n-sample vote from `resamples` subsets of `samples`.
-
-    With n == len(samples) the one possible subset is used once.
-    """
-    _check_selector(selector)
-    if not 1 <= n <= len(samples):
-        raise TidalConfigError(f"n={n}: allowed is 1..{len(samples)} (the samples collected).")
-    if resamples < 1:
-        raise TidalConfigError(f"resamples={resamples}: allowed is an integer >= 1.")
-    reps = 1 if n == len(samples) else resamples
-    labels, gen, longest = [], [], []
-    for _ in range(reps):
-        subset = rng.sample(list(samples), n)
-        labels.append(vote_expected_correct(subset, selector))
-        gen.append(sum(s.generated_tokens for s in subset))
-        longest.append(max(s.generated_tokens for s in subset))
-    return BootstrapOutcome(float(np.mean(labels)), float(np.mean(gen)), tuple(longest))
+    guided: bool = False
 
 
 # --------------------------------------------------------- latency model
 @dataclass(frozen=True)
 class LatencyModel:
-    """``wall = a + L * (b + c * n)`` for n samples whose longest has L tokens.
+    """``wall = a + p * prompt + L * (b + c * n + g * guided)`` for n samples whose
+    longest has L tokens.
 
     Decode runs one step per token of the longest sample; each step costs a
-    fixed part (b: weights, scheduling) plus a part growing with the batch
-    (c per sequence); a covers prefill and request overhead. Fitted by median
-    (least absolute deviation) regression on all measurements together: the
-    machine is shared, and a request that ran beside someone else's engine
-    takes several times longer; a median fit ignores those, a least-squares
-    or per-n fit follows them (seen here: n=1 fitted slower than n=4).
+    fixed part (b), a part growing with the batch (c per sequence) and, under a
+    grammar, the grammar's mask (g); a and p cover the request and its prefill.
+    Fitted by median (least absolute deviation) regression: on a shared machine a
+    request that ran beside someone else's engine takes several times longer; a
+    median fit ignores those.
     """
 
     a: float
     b: float
     c: float
+    p: float = 0.0
+    g: float = 0.0
 
     @classmethod
     def fit(cls, measurements: Sequence[LatencyMeasurement]) -> LatencyModel:
@@ -218,30 +157,39 @@ class LatencyModel:
             )
         from sklearn.linear_model import QuantileRegressor
 
-        x = np.array([[m.longest_tokens, m.longest_tokens * m.n] for m in measurements], float)
+        x = np.array([[m.longest_tokens, m.longest_tokens * m.n, m.prompt_tokens,
+                       m.longest_tokens * m.guided] for m in measurements], float)
         y = np.array([m.wall_s for m in measurements], float)
-        q = QuantileRegressor(quantile=0.5, alpha=0.0, solver="highs").fit(x, y)
-        a, b, c = float(q.intercept_), float(q.coef_[0]), float(q.coef_[1])
-        return cls(max(a, 0.0), max(b, 0.0), max(c, 0.0))
+        used = [j for j in range(x.shape[1]) if np.ptp(x[:, j]) > 0]
+        q = QuantileRegressor(quantile=0.5, alpha=0.0, solver="highs").fit(x[:, used], y)
+        coef = np.zeros(x.shape[1])
+        coef[used] = q.coef_
+        b, c, p, g = (max(float(v), 0.0) for v in coef)
+        return cls(max(float(q.intercept_), 0.0), b, c, p, g)
 
     @property
     def coefficients(self) -> dict[str, float]:
-        return {"a_s": self.a, "b_s_per_token": self.b, "c_s_per_token_per_seq": self.c}
+        return {"a_s": self.a, "b_s_per_token": self.b, "c_s_per_token_per_seq": self.c,
+                "p_s_per_prompt_token": self.p, "g_s_per_guided_token": self.g}
 
-    def predict(self, n: int, longest_tokens: float) -> float:
-        return max(self.a + float(longest_tokens) * (self.b + self.c * n), 1e-3)
+    def predict(self, n: int, longest_tokens: float, prompt_tokens: int = 0,
+                guided: bool = False) -> float:
+        per_token = self.b + self.c * n + self.g * float(guided)
+        return max(self.a + self.p * prompt_tokens + float(longest_tokens) * per_token, 1e-3)
 
 
-# ------------------------------------------------------------ the grid
+# ------------------------------------------------------------ settings
 @dataclass(frozen=True)
 class CollectSettings:
     n_max: int = 16
-    max_tokens: int = 96
+    max_tokens: int = 64
     resamples: int = DEFAULT_RESAMPLES
     seed: int = 0
     concurrency: int = 4
-    latency_items: int = 8
-    beam_widths: tuple[int, ...] = ()
+    #: steps of each kind measured alone for the latency model
+    latency_items: int = 3
+    #: run the grid's beam configurations on text steps
+    beams: bool = True
 
     def __post_init__(self) -> None:
         if self.n_max < 2 or self.n_max & (self.n_max - 1):
@@ -251,249 +199,258 @@ class CollectSettings:
                 raise TidalConfigError(f"{name}={getattr(self, name)}: allowed is >= 1.")
         if self.latency_items < 0:
             raise TidalConfigError(f"latency_items={self.latency_items}: allowed is >= 0.")
-        if any(w < 2 for w in self.beam_widths):
-            raise TidalConfigError(f"beam_widths={self.beam_widths}: widths must be >= 2.")
-
-    @property
-    def sample_ns(self) -> list[int]:
-        """2, 4, ..., n_max."""
-        return [2**k for k in range(1, int(math.log2(self.n_max)) + 1)]
 
 
-def grid_names(settings: CollectSettings) -> list[str]:
-    """Every configuration name a complete query has rows for."""
-    names = ["greedy", "single"]
-    for n in settings.sample_ns:
-        names += [f"bo{n}-majority", f"bo{n}-confidence"]
-    names += [f"beam{w}" for w in settings.beam_widths]
-    return names
+def step_configs(prepared: PreparedStep, settings: CollectSettings) -> list[StrategyConfig]:
+    """The chat model's default grid for this step, as it would decide over it (no beam
+    under a grammar), without configurations the samples cannot serve (N > n_max) and
+    without beam when `settings.beams` is off."""
+    grid = step_grid(AllocationSettings(), prepared.max_tokens, prepared.guided is not None)
+    return [c for c in grid
+            if (c.strategy != "beam" or settings.beams)
+            and (c.strategy != "best_of_n" or c.n <= settings.n_max)]
 
 
-# ------------------------------------------------------------- the engine
-def _sample_outcomes(result: Any, gold: str, kind: str = "math") -> list[SampleOutcome]:
-    out = []
-    verdicts: dict[str, bool] = {}
-    for s in result.samples:
-        answer = extract_answer(s.text, kind)  # type: ignore[arg-type]
-        key = canonical_answer(s.text, kind) if answer is not None else None  # type: ignore[arg-type]
-        if answer is None:
-            ok = False
-        else:
-            if answer not in verdicts:
-                verdicts[answer] = answers_equal(answer, gold)
-            ok = verdicts[answer]
-        out.append(
-            SampleOutcome(
-                answer_key=key,
-                correct=ok,
-                generated_tokens=len(s.token_ids),
-                mean_logprob=s.mean_logprob,
-                finish_reason=s.finish_reason,
-            )
-        )
-    return out
+# ------------------------------------------------------- finishing a step
+@dataclass(frozen=True)
+class FollowUps:
+    """The greedy decodes the chat model may add after a strategy's reply."""
+
+    #: the step's greedy reply (also the fallback when a reply is unusable)
+    greedy: Candidate
+    #: the loop guard's answer-only greedy reply (steps after a tool result)
+    guard: Candidate | None = None
 
 
-async def measure_latency(
-    engine: Any, items: Sequence[TaskItem], settings: CollectSettings, show: bool = True
-) -> list[LatencyMeasurement]:
-    """Real requests, one at a time, n in {1, 2, 4, 8, n_max} plus greedy."""
-    from tqdm import tqdm
-
-    ns = sorted({*[n for n in LATENCY_NS if n <= settings.n_max], settings.n_max})
-    plan = [(item, n, SAMPLING_TEMPERATURE) for item in items for n in ns]
-    plan += [(item, 1, 0.0) for item in items]
-    out = []
-    # a warm-up request: the first one pays one-off costs that are not latency
-    if items:
-        prompt = engine.apply_chat_template(items[0].messages())
-        await engine.generate(GenerationRequest(prompt=prompt, n=2, max_tokens=8,
-                                                temperature=SAMPLING_TEMPERATURE))
-    for item, n, temp in tqdm(plan, desc="latency", disable=not show, file=sys.stderr):
-        prompt = engine.apply_chat_template(item.messages())
-        r = await engine.generate(
-            GenerationRequest(prompt=prompt, n=n, temperature=temp,
-                              max_tokens=settings.max_tokens)
-        )
-        out.append(
-            LatencyMeasurement(
-                query_id=item.id, n=n, temperature=temp, wall_s=r.wall_s,
-                longest_tokens=max(len(s.token_ids) for s in r.samples),
-                generated_tokens=r.generated_tokens, prompt_tokens=r.prompt_tokens,
-            )
-        )
-    return out
+@dataclass(frozen=True)
+class Finished:
+    correct: bool
+    #: generated tokens of the follow-up decodes the reply needed
+    extra_tokens: tuple[int, ...] = ()
 
 
-async def collect_item(
-    engine: Any,
-    item: TaskItem,
-    settings: CollectSettings,
-    latency: LatencyModel,
-    rng: random.Random,
-) -> tuple[list[OutcomeRow], dict[str, Any]]:
-    """All sampling-based rows of one query (n_max request + greedy request)."""
+def finish_reply(
+    task: StepTask, prepared: PreparedStep, result: StrategyResult, follow: FollowUps,
+    fallback: bool = True,
+) -> Finished:
+    """Grade `result` as the chat model finishes a step (step.pipeline): complete reply
+    preferred under a grammar, parsed against the bound tools, the loop guard, and the
+    greedy fallback when nothing usable is left (`fallback`)."""
+    if prepared.guided is not None:
+        result = prefer_complete(result)
+    parsed = tp.parse_reply(result.selected.text, prepared.tool_grammar,
+                            tools=prepared.callable_specs)
+    extra: list[int] = []
+    if (prepared.options.choice.mode == "auto" and parsed.tool_calls
+            and repeats_answered_call(parsed.tool_calls, prepared.messages)
+            and follow.guard is not None):
+        parsed = tp.parse_reply(follow.guard.text, True,
+                                tools=list(prepared.options.specs) or None)
+        extra.append(len(follow.guard.token_ids))
+    if fallback and not has_usable_output(parsed):
+        greedy = single_result(follow.greedy, result.config)
+        rescued = finish_reply(task, prepared, greedy, follow, fallback=False)
+        return Finished(rescued.correct,
+                        (*extra, len(follow.greedy.token_ids), *rescued.extra_tokens))
+    return Finished(grade(task, parsed), tuple(extra))
 
-    prompt = engine.apply_chat_template(item.messages())
-    sampled, greedy = await asyncio.gather(
-        engine.generate(
-            GenerationRequest(prompt=prompt, n=settings.n_max, temperature=SAMPLING_TEMPERATURE,
-                              max_tokens=settings.max_tokens, logprobs=0)
-        ),
-        engine.generate(
-            GenerationRequest(prompt=prompt, n=1, temperature=0.0,
-                              max_tokens=settings.max_tokens)
-        ),
-    )
-    samples = await asyncio.to_thread(_sample_outcomes, sampled, item.gold)
-    (g,) = await asyncio.to_thread(_sample_outcomes, greedy, item.gold)
-    rows = rows_from_samples(
-        item, samples, g, sampled.prompt_tokens, settings, latency, rng,
-        backend=getattr(engine, "backend_id", "unknown"),
-        n_max_wall_s=sampled.wall_s,
-    )
-    record = {
-        "query_id": item.id,
-        "prompt_tokens": sampled.prompt_tokens,
-        "backend": getattr(engine, "backend_id", "unknown"),
-        "greedy": asdict(g),
-        "samples": [asdict(s) for s in samples],
-        "greedy_text_head": greedy.samples[0].text[:200],
-        "sample_texts_head": [s.text[:160] for s in sampled.samples[:2]],
-    }
-    return rows, record
+
+def single_result(candidate: Candidate, config: StrategyConfig) -> StrategyResult:
+    return StrategyResult(selected=candidate, candidates=(candidate,), cost=CostRecord(),
+                          config=config)
+
+
+def best_of_n_result(
+    subset: Sequence[Candidate], config: StrategyConfig, answer_kind: Any
+) -> StrategyResult:
+    """What `strategies.best_of_n` selects among `subset` (complete samples vote)."""
+    from tidal_agents.selection.voting import select
+
+    complete = [c for c in subset if c.finish_reason in ("stop", "length")]
+    pool = complete or list(subset)
+    chosen = select(pool, config.selector, answer_kind)
+    return StrategyResult(selected=pool[chosen.index], candidates=tuple(subset),
+                          cost=CostRecord(), config=config)
+
+
+@dataclass(frozen=True)
+class StepSamples:
+    """One step's generations: the n_max samples, the greedy reply, the guard's reply."""
+
+    task: StepTask
+    prepared: PreparedStep
+    samples: tuple[Candidate, ...]
+    follow: FollowUps
 
 
 def rows_from_samples(
-    item: TaskItem,
-    samples: Sequence[SampleOutcome],
-    greedy: SampleOutcome,
-    prompt_tokens: int,
-    settings: CollectSettings,
-    latency: LatencyModel,
-    rng: random.Random,
+    got: StepSamples, settings: CollectSettings, latency: LatencyModel, rng: random.Random,
     backend: str,
-    n_max_wall_s: float | None = None,
 ) -> list[OutcomeRow]:
-    """The greedy, single and best-of-N rows of one query from its samples.
+    """The greedy and best-of-N rows of one step, bootstrapped from its samples.
 
-    Deterministic given `rng`'s state: `rebuild` re-derives the same rows
-    (e.g. after refitting the latency model) from the samples file.
-    """
-    if len(samples) != settings.n_max:
-        raise TidalConfigError(f"{item.id}: {len(samples)} samples, expected {settings.n_max}.")
-    p_tok = prompt_tokens
-    base: dict[str, Any] = dict(
-        query_id=item.id, task=item.source, difficulty=item.difficulty,
-        question=item.question, gold=item.gold, prompt_tokens=p_tok,
-        max_tokens=settings.max_tokens, seed=settings.seed, backend=backend,
-    )
-    mean_gen = float(np.mean([s.generated_tokens for s in samples]))
-    rows = [
-        OutcomeRow(**base, config="greedy", strategy="single", n=1, selector="first",
-                   temperature=0.0, soft_label=float(greedy.correct),
-                   tokens=float(p_tok + greedy.generated_tokens),
-                   generated_tokens=float(greedy.generated_tokens),
-                   latency_s=latency.predict(1, greedy.generated_tokens),
-                   latency_source="model", bootstrapped=False),
-        OutcomeRow(**base, config="single", strategy="single", n=1, selector="first",
-                   temperature=SAMPLING_TEMPERATURE,
-                   soft_label=float(np.mean([s.correct for s in samples])),
-                   tokens=p_tok + mean_gen, generated_tokens=mean_gen,
-                   latency_s=float(np.mean([latency.predict(1, s.generated_tokens)
-                                            for s in samples])),
-                   latency_source="model", bootstrapped=True),
-    ]
-    for n in settings.sample_ns:
-        for selector in ("majority", "confidence"):
-            b = bootstrap(samples, n, selector, settings.resamples, rng)  # type: ignore[arg-type]
-            extra = ({"n_max_wall_s_concurrent": n_max_wall_s}
-                     if n == settings.n_max and n_max_wall_s is not None else {})
-            rows.append(
-                OutcomeRow(**base, config=f"bo{n}-{selector}", strategy="best_of_n", n=n,
-                           selector=selector, temperature=SAMPLING_TEMPERATURE,
-                           soft_label=b.soft_label, tokens=p_tok + b.generated_tokens,
-                           generated_tokens=b.generated_tokens,
-                           latency_s=float(np.mean([latency.predict(n, L)
-                                                    for L in b.longest_tokens])),
-                           latency_source="model", bootstrapped=n < settings.n_max,
-                           extra=extra)
-            )
-    return rows
+    Deterministic given `rng`'s state."""
+    task, prepared = got.task, got.prepared
+    p_tok, guided = prepared.prompt_tokens, prepared.guided is not None
+    features = step_features(prepared, task.step_index, 0)
+    base = _row_base(task, prepared, settings, backend, features.to_dict())
 
+    def extra_latency(extra: Sequence[int]) -> float:
+        return sum(latency.predict(1, t, p_tok, guided) for t in extra)
 
-def rebuild(
-    out: Path, items: Sequence[TaskItem], settings: CollectSettings, dest: Path
-) -> int:
-    """Re-derive the sampling rows of `out` from its samples and latency files into `dest`.
-
-    The same seed gives the same bootstrap subsets; the latency model is fitted
-    afresh from the latency file (with the current fitting code). Beam rows
-    (measured, not derived) are copied over. Returns the number of queries.
-    """
-    records = {r["query_id"]: r for r in read_rows(_side(out, "samples"))}
-    old = read_rows(out)
-    prompt_tokens = {r["query_id"]: int(r["prompt_tokens"]) for r in old}
-    backend = {r["query_id"]: r.get("backend", "unknown") for r in old}
-    latency = LatencyModel.fit(
-        [LatencyMeasurement(**m) for m in read_rows(_side(out, "latency"))]
-    )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    if dest.exists():
-        dest.unlink()
-    count = 0
-    for item in items:
-        rec = records.get(item.id)
-        if rec is None:
+    rows: list[OutcomeRow] = []
+    for config in step_configs(prepared, settings):
+        if config.strategy == "single":
+            done = finish_reply(task, prepared, single_result(got.follow.greedy, config),
+                                got.follow, fallback=False)
+            gen = len(got.follow.greedy.token_ids) + sum(done.extra_tokens)
+            rows.append(OutcomeRow(
+                **base, **_config_fields(config), soft_label=float(done.correct),
+                tokens=float(p_tok + gen), generated_tokens=float(gen),
+                latency_s=latency.predict(1, len(got.follow.greedy.token_ids), p_tok, guided)
+                + extra_latency(done.extra_tokens),
+                latency_source="model", bootstrapped=False))
             continue
-        samples = [SampleOutcome(**s) for s in rec["samples"]]
-        rows: list[Any] = rows_from_samples(
-            item, samples, SampleOutcome(**rec["greedy"]),
-            int(rec.get("prompt_tokens", prompt_tokens[item.id])), settings, latency,
-            random.Random(f"{settings.seed}:{item.id}"),
-            backend=rec.get("backend", backend[item.id]),
-        )
-        rows += [r for r in old if r["query_id"] == item.id and r["strategy"] == "beam"]
-        _append(dest, rows)
-        count += 1
-    return count
-
-
-async def beam_rows(engine: Any, item: TaskItem, settings: CollectSettings) -> list[OutcomeRow]:
-    """Beam configurations run for real (alone, so their wall time is a latency)."""
-    prompt = engine.apply_chat_template(item.messages())
-    rows = []
-    for width in settings.beam_widths:
-        cfg = StrategyConfig(strategy="beam", n=width, max_tokens=settings.max_tokens,
-                             temperature=SAMPLING_TEMPERATURE)
-        res = await run_strategy(engine, StepInput(prompt=prompt, answer_kind="math"), cfg)
-        answer = res.selected.answer or extract_answer(res.selected.text, "math")
-        ok = answer is not None and answers_equal(answer, item.gold)
-        rows.append(
-            OutcomeRow(query_id=item.id, task=item.source, difficulty=item.difficulty,
-                       question=item.question, gold=item.gold,
-                       prompt_tokens=res.cost.prompt_tokens, config=cfg.name,
-                       strategy="beam", n=width, selector="beam", temperature=cfg.temperature,
-                       max_tokens=settings.max_tokens, soft_label=float(ok),
-                       tokens=float(res.cost.total_tokens),
-                       generated_tokens=float(res.cost.generated_tokens),
-                       latency_s=res.cost.wall_s, latency_source="measured",
-                       bootstrapped=False, seed=settings.seed,
-                       backend=getattr(engine, "backend_id", "unknown"),
-                       extra={"engine_calls": res.cost.engine_calls})
-        )
+        if config.strategy != "best_of_n":
+            continue
+        reps = 1 if config.n == len(got.samples) else settings.resamples
+        labels: list[float] = []
+        gens: list[int] = []
+        lats: list[float] = []
+        for _ in range(reps):
+            subset = rng.sample(list(got.samples), config.n)
+            done = finish_reply(task, prepared,
+                                best_of_n_result(subset, config, prepared.answer_kind),
+                                got.follow)
+            longest = max(len(c.token_ids) for c in subset)
+            labels.append(float(done.correct))
+            gens.append(sum(len(c.token_ids) for c in subset) + sum(done.extra_tokens))
+            lats.append(latency.predict(config.n, longest, p_tok, guided)
+                        + extra_latency(done.extra_tokens))
+        mean_gen = float(np.mean(gens))
+        rows.append(OutcomeRow(
+            **base, **_config_fields(config), soft_label=float(np.mean(labels)),
+            tokens=p_tok + mean_gen, generated_tokens=mean_gen, latency_s=float(np.mean(lats)),
+            latency_source="model", bootstrapped=config.n < len(got.samples)))
     return rows
+
+
+def _row_base(task: StepTask, prepared: PreparedStep, settings: CollectSettings, backend: str,
+              features: dict[str, Any]) -> dict[str, Any]:
+    return dict(query_id=task.id, task=task.source, difficulty=task.difficulty, kind=task.kind,
+                question=task.question, gold=task.gold, prompt_tokens=prepared.prompt_tokens,
+                seed=settings.seed, backend=backend, features=features)
+
+
+def _config_fields(config: StrategyConfig) -> dict[str, Any]:
+    return dict(config=config.name, strategy=config.strategy, n=config.n,
+                selector="beam" if config.strategy == "beam" else config.selector,
+                temperature=config.temperature, max_tokens=config.max_tokens)
+
+
+# ------------------------------------------------------------- the engine
+def prepare(engine: Any, task: StepTask, settings: CollectSettings) -> PreparedStep:
+    """The step as the chat model prepares it (its tools bound, tool_choice auto)."""
+    tools = task.bound_tools()
+    options = parse_call_options({"tools": tools} if tools else {})
+    return prepare_step(engine, task.messages, options, (), settings.max_tokens)
+
+
+def _request(prepared: PreparedStep, n: int, temperature: float,
+             step: StepInput | None = None) -> GenerationRequest:
+    step = step or prepared.step_input()
+    return GenerationRequest(prompt=step.prompt, n=n, temperature=temperature,
+                             max_tokens=prepared.max_tokens, stop=step.stop, logprobs=0,
+                             guided=step.guided)
+
+
+def _guard_input(prepared: PreparedStep) -> StepInput:
+    """The loop guard's answer-only request (step.pipeline)."""
+    return StepInput(prompt=prepared.prompt, guided=tp.answer_grammar(), stop=prepared.stops)
+
+
+def sampling_temperature(prepared: PreparedStep, settings: CollectSettings) -> float:
+    return next(c.temperature for c in step_configs(prepared, settings)
+                if c.strategy == "best_of_n")
+
+
+async def generate_step(engine: Any, task: StepTask, settings: CollectSettings) -> StepSamples:
+    """The n_max samples, the greedy reply and (after a tool result) the guard's reply."""
+    prepared = prepare(engine, task, settings)
+    step = prepared.step_input()
+    requests = [
+        _request(prepared, settings.n_max, sampling_temperature(prepared, settings)),
+        _request(prepared, 1, 0.0),
+    ]
+    if task.kind == "tool_answer":
+        requests.append(_request(prepared, 1, 0.0, _guard_input(prepared)))
+    results = await asyncio.gather(*(engine.generate(r) for r in requests))
+    samples = tuple(to_candidate(s, step) for s in results[0].samples)
+    greedy = to_candidate(results[1].samples[0], step)
+    guard = to_candidate(results[2].samples[0], step) if len(results) > 2 else None
+    return StepSamples(task, prepared, samples, FollowUps(greedy, guard))
+
+
+async def beam_rows(
+    engine: Any, task: StepTask, settings: CollectSettings, latency: LatencyModel,
+    follow: FollowUps, backend: str,
+) -> list[OutcomeRow]:
+    """Beam configurations run for real (alone, so their wall time is a latency)."""
+    prepared = prepare(engine, task, settings)
+    features = step_features(prepared, task.step_index, 0).to_dict()
+    base = _row_base(task, prepared, settings, backend, features)
+    rows = []
+    for config in step_configs(prepared, settings):
+        if config.strategy != "beam":
+            continue
+        res = await run_strategy(engine, prepared.step_input(), config)
+        done = finish_reply(task, prepared, res, follow)
+        extra = sum(done.extra_tokens)
+        rows.append(OutcomeRow(
+            **base, **_config_fields(config), soft_label=float(done.correct),
+            tokens=float(res.cost.prompt_tokens + res.cost.generated_tokens + extra),
+            generated_tokens=float(res.cost.generated_tokens + extra),
+            latency_s=res.cost.wall_s + sum(latency.predict(1, t, prepared.prompt_tokens)
+                                            for t in done.extra_tokens),
+            latency_source="measured", bootstrapped=False,
+            extra={"engine_calls": res.cost.engine_calls}))
+    return rows
+
+
+async def measure_latency(
+    engine: Any, tasks: Sequence[StepTask], settings: CollectSettings, show: bool = True
+) -> list[LatencyMeasurement]:
+    """Real requests, one at a time: `latency_items` steps of each kind, n in {1, 2, 4, 8,
+    n_max} at the sampling temperature, and greedy."""
+    from tqdm import tqdm
+
+    picked: list[StepTask] = []
+    for kind in ("text", "tool_call", "tool_answer"):
+        picked += [t for t in tasks if t.kind == kind][: settings.latency_items]
+    ns = sorted({*[n for n in LATENCY_NS if n <= settings.n_max], settings.n_max})
+    plan = [(t, n, True) for t in picked for n in ns] + [(t, 1, False) for t in picked]
+    out = []
+    if picked:  # the first request pays one-off costs that are not latency
+        await engine.generate(_request(prepare(engine, picked[0], settings), 2, 0.7))
+    for task, n, sampled in tqdm(plan, desc="latency", disable=not show, file=sys.stderr):
+        prepared = prepare(engine, task, settings)
+        temperature = sampling_temperature(prepared, settings) if sampled else 0.0
+        r = await engine.generate(_request(prepared, n, temperature))
+        out.append(LatencyMeasurement(
+            query_id=task.id, n=n, temperature=temperature, wall_s=r.wall_s,
+            longest_tokens=max(len(s.token_ids) for s in r.samples),
+            generated_tokens=r.generated_tokens, prompt_tokens=r.prompt_tokens,
+            guided=prepared.guided is not None))
+    return out
 
 
 # ------------------------------------------------------------------ files
 def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a JSONL (optionally .gz) outcome file."""
-    import gzip
-
+    """Rows of a JSONL (optionally .gz) file; [] when it does not exist."""
     if not path.exists():
         return []
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt", encoding="utf-8") as fh:  # type: ignore[operator]
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "rt", encoding="utf-8") as fh:
         return [json.loads(line) for line in fh if line.strip()]
 
 
@@ -507,100 +464,144 @@ def completed_queries(rows: Sequence[dict[str, Any]], names: Sequence[str]) -> s
 
 
 def _append(path: Path, records: Sequence[Any]) -> None:
-    with path.open("a", encoding="utf-8") as fh:
+    opener: Any = gzip.open if path.suffix == ".gz" else open
+    with opener(path, "at", encoding="utf-8") as fh:
         for rec in records:
             obj = asdict(rec) if hasattr(rec, "__dataclass_fields__") else rec
             fh.write(json.dumps(obj, sort_keys=True) + "\n")
-        fh.flush()
 
 
-def _side(out: Path, kind: str) -> Path:
-    return out.with_name(out.name.removesuffix(".jsonl") + f".{kind}.jsonl")
+def side_file(out: Path, kind: str) -> Path:
+    """``<out>.<kind>.jsonl`` (``.gz`` when `out` is gzipped)."""
+    gz = out.suffix == ".gz"
+    stem = out.name.removesuffix(".gz").removesuffix(".jsonl")
+    return out.with_name(f"{stem}.{kind}.jsonl" + (".gz" if gz else ""))
+
+
+def _sample_record(got: StepSamples) -> dict[str, Any]:
+    def brief(c: Candidate) -> dict[str, Any]:
+        return {"text": c.text, "tokens": len(c.token_ids), "finish": c.finish_reason,
+                "mean_logprob": c.mean_logprob}
+
+    return {"query_id": got.task.id, "kind": got.task.kind,
+            "prompt_tokens": got.prepared.prompt_tokens,
+            "samples": [brief(c) for c in got.samples], "greedy": brief(got.follow.greedy),
+            "guard": brief(got.follow.guard) if got.follow.guard else None}
+
+
+def _complete(existing: Sequence[dict[str, Any]]) -> set[str]:
+    """Steps already collected (a step's rows are written together)."""
+    return {r["query_id"] for r in existing}
 
 
 async def collect(
-    engine: Any, items: Sequence[TaskItem], out: Path, settings: CollectSettings,
+    engine: Any, tasks: Sequence[StepTask], out: Path, settings: CollectSettings,
     show: bool = True,
 ) -> dict[str, Any]:
-    """Collect outcomes for `items` into `out` (resuming). Returns a summary."""
+    """Collect outcomes for `tasks` into `out` (resuming). Returns a summary."""
     from tqdm import tqdm
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    names = grid_names(settings)
-    beam_names = [f"beam{w}" for w in settings.beam_widths]
-    existing = read_rows(out)
-    sampled_done = completed_queries(existing, [n for n in names if n not in beam_names])
-    done = completed_queries(existing, names)
-    lat_path = _side(out, "latency")
+    done = _complete(read_rows(out))
+    lat_path = side_file(out, "latency")
     measurements = [LatencyMeasurement(**m) for m in read_rows(lat_path)]
     if not measurements and settings.latency_items:
-        measurements = await measure_latency(engine, items[: settings.latency_items], settings,
-                                             show)
+        measurements = await measure_latency(engine, tasks, settings, show)
         _append(lat_path, measurements)
     if not measurements:
         raise TidalConfigError("no latency measurements: pass latency_items >= 1.")
     latency = LatencyModel.fit(measurements)
-    todo = [i for i in items if i.id not in done]
+    backend = getattr(engine, "backend_id", "unknown")
+    todo = [t for t in tasks if t.id not in done]
     t0 = time.perf_counter()
-    written = 0
-    bar = tqdm(total=len(items), initial=len(items) - len(todo), desc="collect",
+    bar = tqdm(total=len(tasks), initial=len(tasks) - len(todo), desc="collect",
                disable=not show, file=sys.stderr)
     for start in range(0, len(todo), settings.concurrency):
         batch = todo[start : start + settings.concurrency]
-        # one rng per query, from the seed and the query id: resumable and order-free
-        need = [it for it in batch if it.id not in sampled_done]
-        results = dict(zip([it.id for it in need], await asyncio.gather(
-            *[collect_item(engine, it, settings, latency,
-                           random.Random(f"{settings.seed}:{it.id}")) for it in need]
-        ), strict=True))
-        for it in batch:
-            rows, record = results.get(it.id, ([], None))
-            if settings.beam_widths:  # a later pass may add beam rows to sampled queries
-                rows = rows + await beam_rows(engine, it, settings)
+        generated = await asyncio.gather(*(generate_step(engine, t, settings) for t in batch))
+        for got in generated:
+            # one rng per step, from the seed and the step id: resumable and order-free
+            rng = random.Random(f"{settings.seed}:{got.task.id}")
+            rows = await asyncio.to_thread(rows_from_samples, got, settings, latency, rng,
+                                           backend)
+            rows += await beam_rows(engine, got.task, settings, latency, got.follow, backend)
             _append(out, rows)
-            if record is not None:
-                _append(_side(out, "samples"), [record])
-            written += 1
+            _append(side_file(out, "samples"), [_sample_record(got)])
             bar.update(1)
     bar.close()
-    return {"items": len(items), "skipped": len(items) - len(todo), "collected": written,
+    return {"steps": len(tasks), "skipped": len(tasks) - len(todo), "collected": len(todo),
             "wall_s": time.perf_counter() - t0, "out": str(out),
             "latency_model": latency.coefficients}
 
 
+# ------------------------------------------------------------------- tasks
+def parse_task_spec(spec: str) -> tuple[str, int]:
+    """``NAME`` or ``NAME:COUNT`` (NAME one of `SOURCES`)."""
+    name, _, count = spec.partition(":")
+    if name not in SOURCES:
+        raise TidalConfigError(f"--task {spec!r}: allowed names are {', '.join(SOURCES)} "
+                               "(optionally NAME:COUNT).")
+    if not count:
+        return name, SOURCES[name]
+    if not count.isdigit() or int(count) < 1:
+        raise TidalConfigError(f"--task {spec!r}: COUNT must be an integer >= 1.")
+    return name, int(count)
+
+
+def load_steps(specs: Sequence[str], seed: int = 0) -> list[StepTask]:
+    """The steps of every ``NAME[:COUNT]`` spec (agent: COUNT tasks, two steps each),
+    the sources interleaved so that a partial run holds every kind."""
+    sources: list[list[StepTask]] = []
+    for spec in specs:
+        name, count = parse_task_spec(spec)
+        if name == "agent":
+            sources.append(agent_steps(count, seed=seed))
+        else:
+            sources.append(text_steps(load_task(name, count, seed=seed)))
+    # each source spread evenly over the run: ordered by position within its source
+    order = [(i / len(src), k, i) for k, src in enumerate(sources) for i in range(len(src))]
+    steps = [sources[k][i] for _, k, i in sorted(order)]
+    ids = [s.id for s in steps]
+    if len(set(ids)) != len(ids):
+        raise TidalConfigError("--task specs repeat steps; name each source once.")
+    return steps
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """`tidal-agents collect`'s options."""
-    p.add_argument("--task", choices=TASKS, default="arith")
-    p.add_argument("--limit", type=int, default=None, help="items (arith default: 200)")
-    p.add_argument("--out", type=Path, required=True, help="JSONL output (appended, resumable)")
-    p.add_argument("--seed", type=int, default=0, help="arith items and bootstrap subsets")
+    defaults = ", ".join(f"{k} (default {v})" for k, v in SOURCES.items())
+    p.add_argument("--task", nargs="+", default=None, metavar="NAME[:COUNT]",
+                   help=f"step sources: {defaults}; agent COUNT tasks give a tool-call and "
+                   "an answer step each (default: arith, unless --tasks is given)")
+    p.add_argument("--tasks", type=Path, default=None, metavar="FILE.jsonl",
+                   help="your own steps: one JSON object per line with 'prompt' or 'messages', "
+                   "'gold' and optional 'tools' (see evaluation.step_tasks.file_steps)")
+    p.add_argument("--out", type=Path, required=True,
+                   help="JSONL(.gz) output (appended, resumable)")
+    p.add_argument("--seed", type=int, default=0, help="arith/agent items and bootstrap subsets")
     p.add_argument("--n-max", type=int, default=16)
-    p.add_argument("--max-tokens", type=int, default=96)
+    p.add_argument("--max-tokens", type=int, default=64)
     p.add_argument("--resamples", type=int, default=DEFAULT_RESAMPLES)
-    p.add_argument("--concurrency", type=int, default=4, help="queries in flight at once")
-    p.add_argument("--latency-items", type=int, default=8,
-                   help="queries measured alone at n=1,2,4,8,n_max for the latency model")
-    p.add_argument("--beam-widths", type=int, nargs="*", default=[],
-                   help="beam configurations run for real via run_strategy")
+    p.add_argument("--concurrency", type=int, default=4, help="steps in flight at once")
+    p.add_argument("--latency-items", type=int, default=3,
+                   help="steps of each kind measured alone at n=1,2,4,8,n_max for the latency "
+                   "model")
+    p.add_argument("--no-beam", action="store_true",
+                   help="skip the grid's beam configurations on text steps")
     p.add_argument("--model", default=None, help="HF model folder (default: embedded)")
-    p.add_argument("--rebuild-to", type=Path, default=None,
-                   help="no engine: re-derive --out's rows from its samples/latency files here")
 
 
 def run(args: argparse.Namespace) -> int:
     """`tidal-agents collect` with parsed options: see the module docstring."""
     settings = CollectSettings(
         n_max=args.n_max, max_tokens=args.max_tokens, resamples=args.resamples, seed=args.seed,
-        concurrency=args.concurrency, latency_items=args.latency_items,
-        beam_widths=tuple(args.beam_widths),
+        concurrency=args.concurrency, latency_items=args.latency_items, beams=not args.no_beam,
     )
-    items = load_task(args.task, args.limit, seed=args.seed)
-    if args.rebuild_to is not None:
-        count = rebuild(args.out, items, settings, args.rebuild_to)
-        print(json.dumps({"rebuilt_queries": count, "out": str(args.rebuild_to)}))
-        return 0
+    steps = load_steps(args.task or ([] if args.tasks else ["arith"]), seed=args.seed)
+    if args.tasks is not None:
+        steps += file_steps(args.tasks)
     engine = get_engine(EngineConfig(model=args.model))
-    summary = asyncio.run(collect(engine, items, args.out, settings))
+    summary = asyncio.run(collect(engine, steps, args.out, settings))
     print(json.dumps(summary, indent=2))
     return 0
 

@@ -60,41 +60,67 @@ def outcome_matrices(
 ) -> OutcomeMatrices:
     """(query ids, config names, soft labels, tokens, latency) as Q x C arrays.
 
-    Only queries with a row for every configuration are kept.
+    A configuration a query has no row for (beam on a tool step: the chat model
+    never runs it there) is NaN in every array; the figures below never choose it
+    there. Tokens are generated (output) tokens when rows record them
+    (``generated_tokens``), else ``tokens``. Queries with no row for any of
+    `configs` are dropped.
     """
     by_q: dict[str, dict[str, dict[str, Any]]] = {}
     for r in rows:
         by_q.setdefault(r["query_id"], {})[r["config"]] = r
     if configs is None:
-        common = set.intersection(*(set(v) for v in by_q.values())) if by_q else set()
-        configs = sorted(common, key=config_order)
+        every = set().union(*(set(v) for v in by_q.values())) if by_q else set()
+        configs = sorted(every, key=config_order)
     if not configs:
         raise TidalConfigError("no configuration is present for every query.")
-    qids = sorted(q for q, v in by_q.items() if all(c in v for c in configs))
+    qids = sorted(q for q, v in by_q.items() if any(c in v for c in configs))
     if not qids:
         raise TidalConfigError("no query has a row for every configuration.")
 
+    def value(row: dict[str, Any] | None, key: str) -> float:
+        if row is None:
+            return np.nan
+        if key == "tokens" and "generated_tokens" in row:
+            key = "generated_tokens"
+        return float(row[key])
+
     def column(key: str) -> np.ndarray:
-        return np.array([[float(by_q[q][c][key]) for c in configs] for q in qids])
+        return np.array([[value(by_q[q].get(c), key) for c in configs] for q in qids])
 
     return OutcomeMatrices(qids, list(configs), column("soft_label"), column("tokens"),
                            column("latency_s"))
 
 
+def available(labels: np.ndarray) -> np.ndarray:
+    """Q x C: whether the configuration runs on the query (has an outcome)."""
+    return np.asarray(~np.isnan(labels))
+
+
 def static_points(labels: np.ndarray, tokens: np.ndarray, latency: np.ndarray) -> np.ndarray:
-    """(C x 3) accuracy, mean tokens, mean latency of every configuration applied to all queries."""
-    return np.stack([labels.mean(axis=0), tokens.mean(axis=0), latency.mean(axis=0)], axis=1)
+    """(C x 3) accuracy, mean tokens, mean latency of every configuration applied to all
+    queries (a configuration that does not run on every query: over those it runs on)."""
+    with np.errstate(invalid="ignore"):
+        return np.stack([np.nanmean(labels, axis=0), np.nanmean(tokens, axis=0),
+                         np.nanmean(latency, axis=0)], axis=1)
 
 
-def static_best_index(static: np.ndarray) -> int:
-    """The most accurate configuration of `static_points`, the fewest tokens among ties."""
-    return int(np.lexsort((static[:, 1], -static[:, 0]))[0])
+def static_best_index(static: np.ndarray, runs_everywhere: np.ndarray | None = None) -> int:
+    """The most accurate configuration of `static_points`, the fewest tokens among ties,
+    among those that run on every query (`runs_everywhere`, C booleans; default all):
+    a fixed strategy must serve every step."""
+    eligible = np.ones(len(static), bool) if runs_everywhere is None else runs_everywhere
+    if not eligible.any():
+        raise TidalConfigError("no configuration runs on every query: no static policy.")
+    acc = np.where(eligible, static[:, 0], -np.inf)
+    return int(np.lexsort((static[:, 1], -acc))[0])
 
 
 def oracle_choice(labels: np.ndarray, tokens: np.ndarray, latency: np.ndarray) -> np.ndarray:
     """Per query: highest soft label; among ties, fewest tokens, then lowest latency."""
-    best = labels.max(axis=1, keepdims=True)
-    tied = np.isclose(labels, best)
+    filled = np.where(np.isnan(labels), -np.inf, labels)
+    best = filled.max(axis=1, keepdims=True)
+    tied = np.isclose(filled, best)
     key = np.where(tied, tokens + 1e-6 * latency, np.inf)
     return key.argmin(axis=1)
 
@@ -111,6 +137,8 @@ def sweep(
     lt, ll = lt.ravel(), ll.ravel()
     cost = lt[:, None] * tokens_hat[None, :] + ll[:, None] * latency_hat[None, :]  # P x C
     utility = acc_hat[None, :, :] - cost[:, None, :]  # P x Q x C
+    # NaN: the configuration does not run on the query (see `outcome_matrices`)
+    utility = np.where(np.isnan(utility), -np.inf, utility)
     return utility.argmax(axis=2), np.stack([lt, ll], axis=1)
 
 
@@ -155,8 +183,8 @@ def lambda_grid(
     tokens_hat: np.ndarray, latency_hat: np.ndarray, points: int
 ) -> tuple[np.ndarray, np.ndarray]:
     """(lambda_T, lambda_L) values in "accuracy per unit of cost", spanning the cost ranges."""
-    lam_t = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / tokens_hat.max()])
-    lam_l = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / latency_hat.max()])
+    lam_t = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / np.nanmax(tokens_hat)])
+    lam_l = np.concatenate([[0.0], np.geomspace(1e-3, 10, points - 1) / np.nanmax(latency_hat)])
     return lam_t, lam_l
 
 
@@ -178,7 +206,8 @@ def allocation_figures(
     """
     names = list(names)
     static = static_points(labels, tokens, latency)
-    best_i = static_best_index(static)
+    best_i = static_best_index(static, np.asarray(available(labels).all(axis=0)))
+    acc_hat = np.where(available(labels), acc_hat, np.nan)
     oc = oracle_choice(labels, tokens, latency)
     oracle = evaluate_choices(oc[None, :], labels, tokens, latency)[0]
     lam_t, lam_l = lambda_grid(tokens_hat, latency_hat, points)
@@ -195,7 +224,7 @@ def allocation_figures(
         j = matched(adaptive, col, static[best_i, col])
         if j is None:
             out[f"adaptive_at_matched_{key}"] = None
-            out[f"gap_closed_at_matched_{key}"] = None
+            out[f"gap_closed_expected_oracle_at_matched_{key}"] = None
             continue
         lt, ll = lambdas[j]
         picked = np.bincount(choices[j], minlength=len(names))
@@ -204,8 +233,8 @@ def allocation_figures(
             "lambda_latency": float(ll),
             "configs_used": {names[k]: int(c) for k, c in enumerate(picked) if c},
         }
-        out[f"gap_closed_at_matched_{key}"] = gap_closed(adaptive[j, 0], static[best_i, 0],
-                                                         oracle[0])
+        out[f"gap_closed_expected_oracle_at_matched_{key}"] = gap_closed(
+            adaptive[j, 0], static[best_i, 0], oracle[0])
     # the sweep's highest accuracy at any cost, for scale
     out["adaptive_max_accuracy"] = float(adaptive[:, 0].max())
     out["_arrays"] = (static, names, adaptive, oracle)
@@ -213,7 +242,8 @@ def allocation_figures(
 
 
 def paired_difference(
-    a: Sequence[float], b: Sequence[float], resamples: int = 2000, seed: int = 0
+    a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray, resamples: int = 2000,
+    seed: int = 0
 ) -> dict[str, Any]:
     """mean(a - b) over paired items, with a bootstrap 95% interval over the items."""
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)

@@ -45,9 +45,11 @@ from tidal_agents.types import StrategyConfig
 DEFAULT_TEST_FRACTION = 0.3
 REPORT_FILE = "accuracy_predictor.json"
 #: the estimators `--estimator select` compares by cross-validation on the training split
-ESTIMATORS: tuple[str, ...] = ("logistic", "hgb")
+ESTIMATORS: tuple[str, ...] = ("logistic", "hgb", "logistic-per-kind", "hgb-per-kind")
+#: the suffix of an estimator fitted once per kind of step (`SklearnAccuracyPredictor.per_kind`)
+PER_KIND = "-per-kind"
 #: the estimator used when none is named (the choice of `select` on the committed outcomes)
-DEFAULT_ESTIMATOR = "logistic"
+DEFAULT_ESTIMATOR = "logistic-per-kind"
 
 
 def data_dir() -> Path:
@@ -110,8 +112,18 @@ def row_config(row: dict[str, Any]) -> StrategyConfig:
 
 
 def row_features(row: dict[str, Any]) -> StepFeatures:
-    """Step features of the row's question, as the controller would see them."""
+    """Step features as the controller saw them: the row's recorded ``features`` (rows
+    collected through the chat model's step path), else those of its question as a
+    math step (older outcome files)."""
+    recorded = row.get("features")
+    if recorded:
+        return _recorded_features(tuple(sorted(recorded.items())))
     return _text_features(row["question"], int(row["prompt_tokens"]))
+
+
+@functools.lru_cache(maxsize=8192)
+def _recorded_features(items: tuple[tuple[str, Any], ...]) -> StepFeatures:
+    return StepFeatures(**dict(items))
 
 
 @functools.lru_cache(maxsize=4096)
@@ -135,6 +147,30 @@ def predict_rows(predictor: Any, rows: Sequence[dict[str, Any]]) -> np.ndarray:
         preds = predictor.predict(feats, [row_config(rows[i]) for i in idx])
         out[idx] = preds
     return out
+
+
+def predict_matrix(
+    predictor: Any, by: dict[tuple[str, str], dict[str, Any]], qids: Sequence[str],
+    configs: Sequence[str],
+) -> np.ndarray:
+    """len(qids) x len(configs) predicted accuracies; NaN where a query has no row for a
+    configuration (it does not run there)."""
+    cells = [(i, j) for i, q in enumerate(qids) for j, c in enumerate(configs) if (q, c) in by]
+    out = np.full((len(qids), len(configs)), np.nan)
+    if cells:
+        pred = predict_rows(predictor, [by[(qids[i], configs[j])] for i, j in cells])
+        rows_i, cols_j = zip(*cells, strict=True)
+        out[list(rows_i), list(cols_j)] = pred
+    return out
+
+
+def make_predictor(estimator: str, seed: int = 0) -> SklearnAccuracyPredictor:
+    """An unfitted predictor of one of `ESTIMATORS`."""
+    if estimator not in ESTIMATORS:
+        raise TidalConfigError(f"estimator={estimator!r}: allowed are {', '.join(ESTIMATORS)}.")
+    base = estimator.removesuffix(PER_KIND)
+    return SklearnAccuracyPredictor(estimator=base, random_state=seed,  # type: ignore[arg-type]
+                                    per_kind=estimator.endswith(PER_KIND))
 
 
 def brier(pred: np.ndarray, label: np.ndarray) -> float:
@@ -216,23 +252,23 @@ def cross_validate(
     briers: list[float] = []
     figures: list[dict[str, Any]] = []
     oof: list[np.ndarray] = []
+    runs = ~np.isnan(labels)
     for rep in range(repeats):
         fold_of = np.array([cv_fold(q, folds, rep, seed) for q in qids])
-        acc_hat = np.zeros_like(labels)
+        acc_hat = np.full_like(labels, np.nan)
         for k in range(folds):
             held = np.flatnonzero(fold_of == k)
             if len(held) == 0:
                 continue
-            fit_rows = [by[(q, c)] for i, q in enumerate(qids) if fold_of[i] != k for c in names]
-            pred = SklearnAccuracyPredictor(estimator=estimator,  # type: ignore[arg-type]
-                                            random_state=seed)
+            fit_rows = [by[(q, c)] for i, q in enumerate(qids) if fold_of[i] != k
+                        for c in names if (q, c) in by]
+            pred = make_predictor(estimator, seed)
             pred.fit(training_rows(fit_rows))
-            flat = [by[(qids[i], c)] for i in held for c in names]
-            acc_hat[held] = predict_rows(pred, flat).reshape(len(held), len(names))
+            acc_hat[held] = predict_matrix(pred, by, [qids[i] for i in held], names)
         oof.append(acc_hat)
-        briers.append(brier(acc_hat.ravel(), labels.ravel()))
-        fig = allocation_figures(names, labels, tokens, latency, acc_hat, tokens.mean(axis=0),
-                                 latency.mean(axis=0))
+        briers.append(brier(acc_hat[runs], labels[runs]))
+        fig = allocation_figures(names, labels, tokens, latency, acc_hat,
+                                 np.nanmean(tokens, axis=0), np.nanmean(latency, axis=0))
         fig.pop("_arrays")
         figures.append(fig)
 
@@ -251,10 +287,13 @@ def cross_validate(
         "oracle_accuracy": figures[0]["oracle"]["accuracy"],
         "adaptive_accuracy_at_matched_tokens": mean_of("adaptive_at_matched_tokens", "accuracy"),
         "adaptive_tokens_at_matched_tokens": mean_of("adaptive_at_matched_tokens", "tokens"),
-        "gap_closed_at_matched_tokens": mean_of("gap_closed_at_matched_tokens"),
-        "gap_closed_at_matched_latency": mean_of("gap_closed_at_matched_latency"),
-        "gap_closed_at_matched_tokens_each": [
-            None if (g := f["gap_closed_at_matched_tokens"]) is None else float(g) for f in figures
+        "gap_closed_expected_oracle_at_matched_tokens":
+            mean_of("gap_closed_expected_oracle_at_matched_tokens"),
+        "gap_closed_expected_oracle_at_matched_latency":
+            mean_of("gap_closed_expected_oracle_at_matched_latency"),
+        "gap_closed_expected_oracle_at_matched_tokens_each": [
+            None if (g := f["gap_closed_expected_oracle_at_matched_tokens"]) is None else float(g)
+            for f in figures
         ],
     }
     if keep_predictions:
@@ -311,7 +350,7 @@ def fit_recipe(
         )
     elif keep_cv:
         cv_table = [cross_validate(rows, estimator, folds, repeats, seed, keep_predictions=True)]
-    predictor = SklearnAccuracyPredictor(estimator=estimator, random_state=seed)  # type: ignore[arg-type]
+    predictor = make_predictor(estimator, seed)
     predictor.fit(training_rows(rows))
     return predictor, estimator, cv_table
 
@@ -346,12 +385,15 @@ def train(
         "estimator": estimator,
         #: the configurations the predictor has seen; others are extrapolation
         "configs": sorted({r["config"] for r in train_rows}),
+        #: per step kind, the configurations it has seen (what `predictor_for` trusts)
+        "coverage": predictor.coverage,
         "tasks": sorted({r.get("task", "?") for r in train_rows}),
         "brier_trained": brier(pred, label),
         "brier_per_config_mean": brier(per_config, label),
         "brier_prior": brier(prior, label),
         "brier_constant": brier(np.full_like(label, label.mean()), label),
         "mean_soft_label_test": float(label.mean()),
+        "brier_by_kind": _brier_by_kind(train_rows, test_rows, pred, label),
         "reliability": reliability(pred, label),
     }
     if cv_table is not None:
@@ -359,6 +401,26 @@ def train(
                                  "at matched tokens, ties (half a query) broken by Brier")
         report["cv"] = cv_table
     return predictor, report
+
+
+def _brier_by_kind(
+    train_rows: Sequence[dict[str, Any]], test_rows: Sequence[dict[str, Any]],
+    pred: np.ndarray, label: np.ndarray,
+) -> dict[str, dict[str, float]]:
+    """Held-out Brier per kind of step: trained, and the training mean per (kind,
+    configuration) (a query-blind predictor that knows the kind)."""
+    def kind(r: dict[str, Any]) -> str:
+        return str(row_features(r).answer_kind)
+
+    means: dict[tuple[str, str], list[float]] = {}
+    for r in train_rows:
+        means.setdefault((kind(r), r["config"]), []).append(float(r["soft_label"]))
+    kinds = np.array([kind(r) for r in test_rows])
+    blind = np.array([np.mean(means.get((kind(r), r["config"]), [0.0])) for r in test_rows])
+    return {k: {"rows": int((kinds == k).sum()), "trained": brier(pred[kinds == k],
+                                                                   label[kinds == k]),
+                "kind_config_mean": brier(blind[kinds == k], label[kinds == k])}
+            for k in sorted(set(kinds))}
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -391,7 +453,7 @@ def run(args: argparse.Namespace) -> int:
                      indent=2))
     for r in report.get("cv", []):
         print(f"cv {r['estimator']}: brier {r['brier']:.4f}, gap closed at matched tokens "
-              f"{r['gap_closed_at_matched_tokens']}", file=sys.stderr)
+              f"{r['gap_closed_expected_oracle_at_matched_tokens']}", file=sys.stderr)
     return 0
 
 

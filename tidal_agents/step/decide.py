@@ -1,18 +1,14 @@
 """Decide: the step's configuration and budget, in one place.
 
 Inside an episode the episode's allowance bounds the step; outside one, the
-model's per-call ``timeout`` does (or nothing). Pure: no I/O but reading the
-shipped predictor's report once.
+model's per-call ``timeout`` does (or nothing). Pure: no I/O.
 """
 
 from __future__ import annotations
 
-import functools
-import json
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from importlib.resources import files
 from typing import Any
 
 from tidal_agents.allocation import (
@@ -58,11 +54,14 @@ def step_grid(
 def predictor_for(
     predictor: AccuracyPredictor, features: StepFeatures, grid: Sequence[StrategyConfig]
 ) -> AccuracyPredictor:
-    """The trained predictor only where it was trained: free-text answers over
-    configurations it has seen. Tool and structured steps, and grids with
-    unseen configurations (beam), use the documented prior."""
-    if getattr(predictor, "kind", "") == "trained" and (
-        features.answer_kind != "text" or not {c.name for c in grid} <= trained_configs()
+    """The trained predictor wherever its training data covers the step: steps of its
+    kind under every configuration of the grid (`SklearnAccuracyPredictor.covers`; the
+    shipped predictor covers every kind of step the chat model runs over the default
+    grid). Elsewhere the documented prior decides, and the decision records
+    ``predictor_kind`` "prior"."""
+    covers = getattr(predictor, "covers", None)
+    if getattr(predictor, "kind", "") == "trained" and covers is not None and not covers(
+        features.answer_kind, [c.name for c in grid]
     ):
         return _PRIOR
     return predictor
@@ -175,13 +174,3 @@ def fit_config(
 
 
 _PRIOR = PriorAccuracyPredictor()
-
-
-@functools.lru_cache(maxsize=1)
-def trained_configs() -> frozenset[str]:
-    """Configuration names the shipped predictor was trained on."""
-    try:
-        report = files("tidal_agents").joinpath("data/accuracy_predictor.json").read_text()
-        return frozenset(json.loads(report).get("configs", []))
-    except (OSError, ValueError):
-        return frozenset()

@@ -13,6 +13,7 @@ from langchain_core.messages import BaseMessage, HumanMessage, ToolMessage
 
 from tidal_agents import tool_protocol as tp
 from tidal_agents.allocation import StepFeatures
+from tidal_agents.allocation.features import StepKind
 from tidal_agents.engine.types import Engine, GuidedDecoding
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.strategies.base import StepInput
@@ -142,10 +143,18 @@ def step_features(
         previous_tool_errors=sum(
             1 for m in messages if isinstance(m, ToolMessage) and m.status == "error"
         ),
-        answer_kind=prepared.answer_kind,
+        answer_kind=step_kind(prepared),
         concurrent_sequences=max(concurrent_sequences, 0),
         queued_prompt_tokens=max(queued_prompt_tokens, 0),
     )
+
+
+def step_kind(prepared: PreparedStep) -> StepKind:
+    """The allocator's kind of step: a tool-grammar step whose last message is a tool
+    result is an answer step ("tool_answer"), else the step's answer kind."""
+    if prepared.tool_grammar and isinstance(prepared.messages[-1], ToolMessage):
+        return "tool_answer"
+    return prepared.answer_kind
 
 
 def last_user_text(messages: Sequence[BaseMessage]) -> str:
