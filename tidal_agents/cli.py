@@ -147,10 +147,18 @@ def cmd_calibrate(args: argparse.Namespace) -> int:
         engine = get_remote_engine(args.engine_url, model=args.model)
     else:
         engine = get_engine(EngineConfig(model=args.model))
+    t0 = time.perf_counter()
     with progress("calibrate"):
         model = calibrate(engine, quick=args.quick)
     print(summary(model))
     print(f"saved to {default_path(engine.backend_id)}")
+    if args.out is not None:
+        from tidal_agents.allocation.calibrate import results_figures
+        from tidal_agents.bench.results import save_results
+
+        _, path = save_results("calibration", results_figures(model), args,
+                               time.perf_counter() - t0, out=args.out)
+        print(f"results: {path}")
     return 0
 
 
@@ -337,6 +345,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a shorter sweep")
     p.add_argument("--engine-url", action="append", default=None, metavar="URL",
                    help="calibrate these `vllm serve` replicas instead (repeatable)")
+    p.add_argument("--out", type=Path, default=None, metavar="PATH",
+                   help="also write the fit and its reference predictions, with meta, here "
+                   "(e.g. docs/results/calibration.json)")
     p.set_defaults(func=cmd_calibrate)
 
     for name, module, text, spinner in (

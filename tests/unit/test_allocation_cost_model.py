@@ -11,12 +11,14 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tidal_agents.allocation import CostModel, CostParams, StepFeatures, default_grid
+from tidal_agents.allocation.calibrate import reference_latencies
 from tidal_agents.allocation.cost_model import default_path
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.types import CostRecord, StrategyConfig
 
 BO8 = StrategyConfig(strategy="best_of_n", n=8, selector="majority", max_tokens=64)
 GREEDY = StrategyConfig(strategy="single", temperature=0.0, max_tokens=64)
+CALIBRATION_RESULTS = Path(__file__).resolve().parents[2] / "docs/results/calibration.json"
 
 
 def feats(expected: int | None = 64, prompt: int = 60, cached: int = 0) -> StepFeatures:
@@ -32,10 +34,32 @@ def test_more_samples_cost_more_time_and_tokens() -> None:
     assert preds["greedy"].latency_s < lat[0] and lat == sorted(lat) and len(set(lat)) == 4
     assert [preds[f"bo{n}-majority"].tokens for n in (2, 4, 8, 16)] == [128, 256, 512, 1024]
     assert preds["beam4"].latency_s > preds["beam2"].latency_s
-    # the documented CPU priors agree with docs/design-notes.md, 'CPU engine settings'
-    # (eager, in-process engine, 64 new tokens): n=1 1.8 s, n=8 2.1-3.1 s
-    assert preds["greedy"].latency_s == pytest.approx(1.8, rel=0.15)
-    assert 2.1 <= preds["bo8-majority"].latency_s <= 3.1
+
+
+def _reference_latencies() -> tuple[dict[str, float], dict[str, float]]:
+    """(priors, committed calibration): predicted seconds of n=1 and n=8 x 64 tokens."""
+    document = json.loads(CALIBRATION_RESULTS.read_text(encoding="utf-8"))
+    prior = reference_latencies(CostModel.default())
+    assert document["prior_reference_latency_s"] == pytest.approx(prior)  # these priors
+    return prior, reference_latencies(CostModel.from_dict(document["cost_model"]))
+
+
+def test_the_priors_predict_the_committed_calibration() -> None:
+    """The priors (`CostParams`' defaults) are a calibration of the 2-core CPU: against
+    the committed one (docs/results/calibration.json, `tidal-agents calibrate --out`)
+    they predict n=1 x 64 tokens within 15%, and what 8 samples cost relative to one
+    (what the allocator trades) within 15%."""
+    prior, calibrated = _reference_latencies()
+    assert prior["n1"] == pytest.approx(calibrated["n1"], rel=0.15)
+    assert prior["n8"] / prior["n1"] == pytest.approx(calibrated["n8"] / calibrated["n1"],
+                                                      rel=0.15)
+
+
+@pytest.mark.xfail(strict=True, reason="the priors predict n=8 x 64 tokens at 2.68 s, 17% "
+                   "under the committed calibration's 3.21 s; refitting CostParams closes it")
+def test_the_priors_predict_n8_of_the_committed_calibration() -> None:
+    prior, calibrated = _reference_latencies()
+    assert prior["n8"] == pytest.approx(calibrated["n8"], rel=0.15)
 
 
 def test_cached_prefix_and_budget_lower_the_prediction() -> None:

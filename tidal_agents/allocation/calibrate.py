@@ -18,6 +18,7 @@ import concurrent.futures
 import functools
 import logging
 import math
+import os
 import random
 import time
 import uuid
@@ -103,8 +104,8 @@ def unique_prompt(engine: Engine, filler_repeats: int = 0) -> str:
 
 
 async def measure(engine: Engine, prompt: str, n: int, output_tokens: int) -> Measurement:
-    # logprobs=0, as the strategies request by default (StepInput.logprobs): returning
-    # each sampled token's log-prob is part of the per-token cost being measured
+    # logprobs=0, as the sampling strategies request by default (StepInput.logprobs):
+    # returning each sampled token's log-prob is part of the per-token cost measured
     res = await engine.generate(
         GenerationRequest(prompt=prompt, n=n, temperature=0.8, max_tokens=output_tokens,
                           ignore_eos=True, logprobs=0)
@@ -281,6 +282,39 @@ def _run_sync(coro: Coroutine[Any, Any, T]) -> T:
     # called from inside a running loop: block this caller on a helper thread
     with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
         return pool.submit(asyncio.run, coro).result()
+
+
+#: the shape docs/design-notes.md, 'CPU engine settings' measured: a 38-token prompt
+#: and 64 new tokens, one sample and eight
+REFERENCE_FEATURES = StepFeatures(prompt_tokens=38, expected_output_tokens=64)
+REFERENCE_CONFIGS: dict[str, StrategyConfig] = {
+    "n1": StrategyConfig(strategy="single", temperature=0.0, max_tokens=64),
+    "n8": StrategyConfig(strategy="best_of_n", n=8, selector="majority", max_tokens=64),
+}
+
+
+def reference_latencies(model: CostModel) -> dict[str, float]:
+    """`model`'s predicted seconds for the reference shapes (`REFERENCE_CONFIGS`)."""
+    return {name: model.predict(config, REFERENCE_FEATURES).latency_s
+            for name, config in REFERENCE_CONFIGS.items()}
+
+
+def results_figures(model: CostModel) -> dict[str, Any]:
+    """What `tidal-agents calibrate --out` writes: the fitted model, its predictions for
+    the reference shapes beside the priors', and how loaded the machine was."""
+    return {
+        "cost_model": model.to_dict(),
+        "reference_latency_s": reference_latencies(model),
+        "prior_reference_latency_s": reference_latencies(CostModel.default()),
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "definitions": {
+            "reference_latency_s": "predicted wall seconds of n=1 (greedy) and n=8 "
+            "(best-of-8) with a 38-token prompt and 64 new tokens, from the fitted model",
+            "prior_reference_latency_s": "the same from the documented priors (CostParams)",
+            "load_average_1m_at_end": "the machine's 1-minute load average when the "
+            "sweep ended (other processes share its cores)",
+        },
+    }
 
 
 def summary(model: CostModel) -> str:
