@@ -207,7 +207,8 @@ class StepPipeline:
         limit: float | None,
     ) -> tuple[StrategyResult, tp.ParsedReply]:
         """A short greedy decode when the chosen configuration left nothing usable
-        (cut short, or a half-written call), if the time left is predicted to fit it.
+        (cut short, or a half-written call), if the time left is predicted to fit it
+        or is at least `RESCUE_FLOOR_S`.
         It may take what the episode can spare; when that cannot fit a tool round
         trip after it, it answers under the answer-only grammar instead."""
         greedy = StrategyConfig("single", temperature=0.0, max_tokens=prepared.max_tokens)
@@ -215,7 +216,10 @@ class StepPipeline:
         rescue_step, time_left = prepared, None
         if episode is not None:
             rescue_step, time_left = self._rescue_plan(prepared, features, episode, predicted)
-        if time_left is not None and predicted > time_left:
+        # An empty ending is the worst outcome: with a second or more left the rescue
+        # is tried even when predicted not to fit (predictions after a burst of
+        # cut-short steps are pessimistic); below that only when predicted to fit.
+        if time_left is not None and predicted > time_left and time_left < RESCUE_FLOOR_S:
             details = {**result.details, "fallback": "skipped: no time left"}
             return replace(result, details=details), parsed
         deadline = None if time_left is None else time.monotonic() + time_left
@@ -294,6 +298,10 @@ class StepPipeline:
         merged = result.cost.merged(answer.cost)
         result = replace(result, cost=merged, details={**result.details, "loop_guard": True})
         return result, parsed
+
+
+#: seconds left above which a rescue decode is always tried (see `StepPipeline._fallback`)
+RESCUE_FLOOR_S = 1.0
 
 
 def episode_for_call(
