@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from types import SimpleNamespace
 from typing import Any
@@ -471,3 +472,37 @@ def test_remote_engine_timeout_returns_what_it_has(
     result = eng.generate_sync(GenerationRequest(prompt="hi", timeout_s=0.2))
     assert result.timed_out and result.samples[0].finish_reason == "timeout"
     assert result.extra["attempts"] == ["http://a"]
+
+
+class _DeadAsyncLLM(FakeAsyncLLM):
+    """An engine core that is gone: every request finds it dead."""
+
+    errored = True
+
+
+def test_a_restart_after_a_second_death_completes_when_its_caller_gives_up(
+    local_engine: Callable[..., LocalVLLMEngine],
+) -> None:
+    # the engine dies, is restarted, and the restarted one is dead too: the second
+    # restart must not be left half-done (no engine at all) by a caller that gives up
+    eng = local_engine(_DeadAsyncLLM([]))
+    eng.config = eng.config.model_copy(update={"max_restarts": 2, "restart_backoff_s": 0.3})
+    created = iter([_DeadAsyncLLM([]), FakeAsyncLLM([_output(_completion(0, "ok", [41], "stop"))])])
+
+    async def create() -> Any:
+        return next(created)
+
+    eng._create = create  # type: ignore[method-assign]
+    future = eng._submit(eng._generate(GenerationRequest(prompt="hi"), None))
+    for _ in range(200):  # the second restart is under way
+        if eng.restarts == 1 and eng._restart_lock is not None and eng._restart_lock.locked():
+            break
+        time.sleep(0.01)
+    assert eng.restarts == 1
+    future.cancel()  # the caller gives up during the second restart's back-off
+    for _ in range(200):
+        if eng.restarts == 2:
+            break
+        time.sleep(0.01)
+    assert eng.restarts == 2 and eng.is_running
+    assert eng.generate_sync(GenerationRequest(prompt="hi")).samples[0].text == "ok"

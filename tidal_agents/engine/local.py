@@ -229,11 +229,7 @@ class LocalVLLMEngine(LoopBackend):
         try:
             return await self._generate_once(request, on_token)
         except _EngineDied as died:
-            # Shielded: a caller that gives up (its step ran out of time) must not
-            # leave the engine half-restarted for every later request.
-            restart = asyncio.ensure_future(self._restart(generation, died))
-            restart.add_done_callback(_retrieve)
-            await asyncio.shield(restart)
+            await self._restart_shielded(generation, died)
         # One more try on the restarted engine, in the time the request has left.
         left = None if request.timeout_s is None else request.timeout_s - (time.monotonic() - t0)
         if left is not None and left <= 0:
@@ -245,10 +241,18 @@ class LocalVLLMEngine(LoopBackend):
         try:
             return await self._generate_once(retry, on_token)
         except _EngineDied as died:
-            await self._restart(self._generation, died)  # raises once restarts are spent
+            # raises once restarts are spent
+            await self._restart_shielded(self._generation, died)
             raise TidalEngineError(
                 "The vLLM engine process died again right after a restart."
             ) from died
+
+    async def _restart_shielded(self, generation: int, died: _EngineDied) -> None:
+        """`_restart`, shielded: a caller that gives up (its step ran out of time)
+        must not leave the engine half-restarted (none at all) for later requests."""
+        restart = asyncio.ensure_future(self._restart(generation, died))
+        restart.add_done_callback(_retrieve)
+        await asyncio.shield(restart)
 
     async def _restart(self, generation: int, died: _EngineDied) -> None:
         """Start a new AsyncLLM in place of a dead one (once per death, for all waiters)."""
