@@ -106,19 +106,22 @@ class _OpenEpisodes:
             else:
                 self._depth.pop(id(episode), None)
 
-    def __len__(self) -> int:
+    def count(self, besides: Episode | None = None) -> int:
         with self._lock:
-            return len(self._depth)
+            return len(self._depth) - (id(besides) in self._depth)
+
+    def __len__(self) -> int:
+        return self.count()
 
 
 _OPEN = _OpenEpisodes()
 
 
-def open_episodes() -> int:
+def open_episodes(besides: Episode | None = None) -> int:
     """How many episodes are open in this process now (inside ``with episode`` or
-    `Episode.activate`). Concurrent episodes start their steps nearly together:
-    each open episode is about to be, or is, decoding."""
-    return len(_OPEN)
+    `Episode.activate`), `besides` not counted. Concurrent episodes start their steps
+    nearly together: each open episode is about to be, or is, decoding."""
+    return _OPEN.count(besides)
 
 
 def current_episode() -> Episode | None:

@@ -584,3 +584,23 @@ def test_other_open_episodes_count_as_load() -> None:
         outcome = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("2+3?")], mine)
     assert outcome.record.features["concurrent_sequences"] >= 3
     assert open_episodes() == base
+
+
+def test_an_episode_declared_per_call_does_not_discount_an_open_one() -> None:
+    # an episode from RunnableConfig keys is not open (no ``with`` block): the open
+    # episodes are all others
+    import contextvars
+
+    from tidal_agents.episode import open_episodes
+
+    engine = FakeEngine(replies=("5",))
+    declared = Episode(deadline_s=30)
+    elsewhere, other = contextvars.copy_context(), Episode(deadline_s=30)
+    elsewhere.run(other.__enter__)
+    try:
+        others = open_episodes()
+        outcome = _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("2+3?")], declared)
+    finally:
+        elsewhere.run(other.__exit__, None, None, None)
+    assert others >= 1
+    assert outcome.record.features["concurrent_sequences"] == others

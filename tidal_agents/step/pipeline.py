@@ -173,7 +173,8 @@ class StepPipeline:
         episode has no time left for another tool round trip."""
         load = engine_load(self.engine, ledger_for(self.engine), ticket)
         # every other open episode decodes at least one sequence soon, if not yet
-        others = open_episodes() - (1 if episode is not None else 0)
+        # (an episode declared per call through RunnableConfig keys is not open)
+        others = open_episodes(besides=episode)
         load = replace(load, concurrent_sequences=max(load.concurrent_sequences, others))
         features = self._features(prepared, step_index, load)
         options = prepared.options
