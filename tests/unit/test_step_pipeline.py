@@ -533,10 +533,41 @@ def test_steps_on_their_way_to_the_engine_count_as_load() -> None:
 def test_a_step_leaves_the_ledger_whatever_happens() -> None:
     from tidal_agents.allocation.load import ledger_for
 
-    engine = FakeEngine(fail_times=5)
-    with pytest.raises(TidalEngineError):
-        _run(_pipeline(engine, strategy=GREEDY), [HumanMessage("hi")])
-    assert len(ledger_for(engine)) == 0
+    class BrokenPredictor(PriorAccuracyPredictor):
+        def predict(self, features: StepFeatures, configs: object) -> list[float]:
+            raise RuntimeError("the predictor broke while deciding")
+
+    engine = FakeEngine()
+    pipeline = _pipeline(engine)
+    pipeline.predictor = BrokenPredictor()
+    with pytest.raises(RuntimeError, match="predictor broke"):
+        _run(pipeline, [HumanMessage("hi")])  # raised before the request was submitted
+    assert len(ledger_for(engine)) == 0 and engine.requests == []
+
+
+def _cut_then_slow_greedy(request) -> list[str]:
+    return ["5"] if request.temperature == 0 else [CUT_CALL] * request.n
+
+
+def test_the_rescue_is_tried_with_a_second_left_even_when_predicted_not_to_fit() -> None:
+    for seconds_left, tried in ((2.6, True), (1.2, False)):
+        engine = FakeEngine(replies=_cut_then_slow_greedy)
+        pipeline = _pipeline(engine, grid=(BO4,))
+        pipeline.cost_model.load_factor = 10.0  # greedy predicted far beyond what is left
+        with Episode(deadline_s=30) as episode:
+            episode.started -= 30 - seconds_left  # about seconds_left - margin above it
+            outcome = _run(pipeline, [HumanMessage("add 2 and 3")], episode, tools=[ADD_TOOL])
+        fallback = outcome.record.selection["fallback"]
+        assert (fallback != "skipped: no time left") is tried, (seconds_left, fallback)
+
+
+def test_outside_an_episode_the_rescue_ends_by_the_calls_timeout() -> None:
+    engine = FakeEngine(replies=_cut_then_slow_greedy)
+    _run(_pipeline(engine, grid=(BO4,), timeout=5.0), [HumanMessage("add 2 and 3")],
+         tools=[ADD_TOOL])
+    rescue = engine.requests[-1]
+    assert rescue.temperature == 0 and rescue.timeout_s is not None
+    assert rescue.timeout_s <= 5.0
 
 
 def test_queued_prompts_raise_the_predicted_latency() -> None:

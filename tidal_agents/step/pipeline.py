@@ -152,7 +152,7 @@ class StepPipeline:
         self.cost_model.update(chosen, features, result.cost)
         if needs_rescue(parsed, result) and allocation.strategy is None:
             result, parsed = await self._fallback(
-                prepared, features, result, parsed, episode, limit
+                prepared, features, result, parsed, episode, limit, deadline
             )
         error = None if has_usable_output(parsed) else no_usable_output_error(result)
         record = step_record(
@@ -206,17 +206,22 @@ class StepPipeline:
         parsed: tp.ParsedReply,
         episode: Episode | None,
         limit: float | None,
+        call_deadline: float | None,
     ) -> tuple[StrategyResult, tp.ParsedReply]:
         """A short greedy decode when the chosen configuration left nothing usable
         (cut short, or a half-written call), if the time left is predicted to fit it
-        or is at least `RESCUE_FLOOR_S`.
-        It may take what the episode can spare; when that cannot fit a tool round
-        trip after it, it answers under the answer-only grammar instead."""
+        (without headroom) or is at least `RESCUE_FLOOR_S`.
+        In an episode it may take what the episode can spare; when that cannot fit a
+        tool round trip after it, it answers under the answer-only grammar instead.
+        Outside one it ends by the call's deadline (`call_deadline`, from the per-call
+        ``timeout``; None: no limit)."""
         greedy = StrategyConfig("single", temperature=0.0, max_tokens=prepared.max_tokens)
         predicted = self.cost_model.predict(greedy, features).latency_s
         rescue_step, time_left = prepared, None
         if episode is not None:
             rescue_step, time_left = self._rescue_plan(prepared, features, episode, predicted)
+        elif call_deadline is not None:
+            time_left = call_deadline - time.monotonic()
         # An empty ending is the worst outcome: with a second or more left the rescue
         # is tried even when predicted not to fit (predictions after a burst of
         # cut-short steps are pessimistic); below that only when predicted to fit.
