@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from tidal_agents.bench import episodes as bench
@@ -101,6 +103,11 @@ def test_empty_endings_with_budget_left_are_counted_for_the_adaptive_policy() ->
     outs = [_o("adaptive", 4, False, "no_usable_reply", 10), _o("greedy", 4, False,
                                                                 "no_usable_reply", 10)]
     assert bench.summarise(outs)["adaptive_empty_endings_with_budget_left"] == 1
+    # one that ran up to its safety margin (0.2 s at 4 s) had no budget left
+    used_up = dataclasses.replace(outs[0], wall_s=3.85)
+    summary = bench.summarise([used_up, outs[1]])
+    assert summary["adaptive_empty_endings_with_budget_left"] == 0
+    assert summary["adaptive_no_usable_reply_before_deadline"] == 1
 
 
 def test_episode_plan_is_seeded_per_task_and_the_same_for_every_policy() -> None:

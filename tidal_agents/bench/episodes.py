@@ -47,6 +47,7 @@ from typing import Any
 
 from tidal_agents.allocation import default_grid
 from tidal_agents.chat_model import TidalChatModel
+from tidal_agents.episode import EpisodeSettings
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.evaluation.agent_tasks import (
     ONE_CALL_KINDS,
@@ -83,7 +84,17 @@ DEFINITIONS = {
     "latency_pred_median_abs_rel_error": "median |predicted - actual| / actual over all "
     "steps; a cut-short step is scored with its allowance as the actual (a lower bound)",
     "tokens": "generated (output) tokens per episode",
+    "adaptive_empty_endings_with_budget_left": "adaptive episodes with no usable reply "
+    "that returned with more than the episode's safety margin still left (an episode that "
+    "used its time up to the margin had no budget left); "
+    "adaptive_no_usable_reply_before_deadline counts every one returned by the deadline",
 }
+
+
+def budget_left(outcome: EpisodeOutcome) -> bool:
+    """The episode returned with more than its safety margin (and 50 ms) still left."""
+    margin = EpisodeSettings(deadline_s=outcome.deadline_s).margin_s
+    return outcome.deadline_s - outcome.wall_s > margin + 0.05
 
 
 @dataclass(frozen=True)
@@ -317,6 +328,9 @@ def summarise(outcomes: Sequence[EpisodeOutcome]) -> dict[str, Any]:
             "over_deadline_rate"
         ],
         "adaptive_empty_endings_with_budget_left": sum(
+            o.outcome == "no_usable_reply" and budget_left(o) for o in adaptive
+        ),
+        "adaptive_no_usable_reply_before_deadline": sum(
             o.outcome == "no_usable_reply" and o.wall_s < o.deadline_s for o in adaptive
         ),
         "latency_pred_median_abs_rel_error": _median(_rel_errors(outcomes)),
