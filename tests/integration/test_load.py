@@ -24,7 +24,12 @@ async def test_twenty_concurrent_episodes(engine: LocalVLLMEngine, tmp_path: Pat
     )
     assert figures["steps"] == 40 and figures["errors"] == []
     assert figures["isolated"]
-    assert figures["deadline_hit_rate"] == 1.0
+    # every episode returned by its deadline, none raised; whether the reply is usable
+    # is not this test's question: 16-token answers are often cut by max_tokens, and a
+    # truncated reply is not usable (bench load and scripts/check_agent_load.py measure
+    # usable replies with room to finish them)
+    assert figures["over_deadline_rate"] == 0.0 and figures["error_rate"] == 0.0
+    assert figures["usable_within_deadline_rate"] + figures["no_usable_reply_rate"] == 1.0
     assert figures["p50_step_s"] <= figures["p99_step_s"]
     # the controller saw the other episodes' sequences and expected slower steps
     assert figures["max_concurrent_sequences_seen"] >= 10
