@@ -75,13 +75,14 @@ def test_usage_counts_every_sample(model: TidalChatModel) -> None:
     fixed = TidalChatModel(max_tokens=16, strategy=StrategyConfig("best_of_n", n=4,
                                                                  selector="majority",
                                                                  max_tokens=16))
-    # a prompt no sample finishes in 16 tokens: each sample writes all 16
+    # a prompt most samples do not finish in 16 tokens; one may still stop early
     msg = fixed.invoke("Write a long story about the sea, in many chapters.")
     tidal = msg.response_metadata["tidal"]
     assert tidal["strategy"].startswith("bo4")
     usage = msg.usage_metadata
     assert usage is not None
-    assert usage["output_tokens"] == 4 * 16  # four samples' tokens, not one
+    # one sample writes at most 16 tokens, so more than 16 means samples are summed
+    assert 16 < usage["output_tokens"] <= 4 * 16
     assert usage["total_tokens"] == usage["input_tokens"] + usage["output_tokens"]
 
 
