@@ -459,6 +459,22 @@ class Episode:
         process_mean = TOOL_TIMES.mean_over_known()
         return self.tool_times.prior_s if process_mean is None else process_mean
 
+    def tool_round_upper_s(self, tools_bound: bool = False) -> float:
+        """Seconds that cover a slow tool round (`ToolTimes.upper_seconds`), for
+        reserves that must hold: the most of the upper times of the tools this
+        episode has seen called; before any, when tools are bound, the process-wide
+        mean of upper times (or the prior's); else 0."""
+        with self._lock:
+            seen = list(self._tools_seen)
+        if seen:
+            return max(map(self.tool_times.upper_seconds, seen))
+        if not tools_bound:
+            return 0.0
+        process_upper = TOOL_TIMES.upper_over_known()
+        if process_upper is None:
+            return self.tool_times.upper_seconds("")
+        return process_upper
+
     def step_reserve_s(self) -> float:
         """Seconds kept for one more model step: the mean wall time of the steps
         recorded so far; before any, an equal share of the time above the margin

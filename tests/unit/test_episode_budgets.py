@@ -143,6 +143,43 @@ def test_a_timed_out_call_only_raises_the_mean() -> None:
         ToolTimes(prior_s=-1)
 
 
+def test_the_upper_tool_time_covers_a_slow_call() -> None:
+    times = ToolTimes(prior_s=0.5)
+    # never measured: the prior plus two deviations of half of it
+    assert times.upper_seconds("t") == pytest.approx(0.5 + 2 * 0.25)
+    times.update("t", 0.8)
+    assert times.upper_seconds("t") == pytest.approx(0.8 + 2 * 0.4)
+    times.update("t", 1.4)  # deviation: the first |measurement - mean|
+    mean = 0.8 + 0.3 * 0.6
+    assert times.seconds("t") == pytest.approx(mean)
+    assert times.upper_seconds("t") == pytest.approx(mean + 2 * 0.6)
+    times.update("t", 0.2)
+    deviation = 0.6 + 0.3 * (abs(0.2 - mean) - 0.6)
+    mean += 0.3 * (0.2 - mean)
+    assert times.upper_seconds("t") == pytest.approx(mean + 2 * deviation)
+    # a steady tool: the reserve shrinks toward its mean
+    steady = ToolTimes()
+    for _ in range(30):
+        steady.update("s", 1.0)
+    assert steady.upper_seconds("s") == pytest.approx(1.0)
+
+
+def test_an_episode_reserves_the_slowest_upper_time_of_its_tools() -> None:
+    clock = FakeClock()
+    TOOL_TIMES.update("steady", 1.0)
+    TOOL_TIMES.update("steady", 1.0)
+    TOOL_TIMES.update("jumpy", 0.5)
+    TOOL_TIMES.update("jumpy", 1.5)
+    ep = Episode(deadline_s=60.0, clock=clock)
+    # no call seen yet: the process-wide mean of the upper times
+    assert ep.tool_round_upper_s(tools_bound=False) == 0.0
+    jumpy = 0.5 + 0.3 * 1.0 + 2 * 1.0
+    assert ep.tool_round_upper_s(tools_bound=True) == pytest.approx((1.0 + jumpy) / 2)
+    ep.record(_step(ep, 0, tools=("steady", "jumpy")))
+    assert ep.tool_round_upper_s() == pytest.approx(jumpy)
+    assert ep.tool_round_s() < ep.tool_round_upper_s()
+
+
 def test_tool_timeout_leaves_a_step_after_the_tool() -> None:
     clock = FakeClock()
     ep = Episode(deadline_s=10.0, expected_steps=2, safety_margin_s=0.5, clock=clock)

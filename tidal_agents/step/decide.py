@@ -87,10 +87,6 @@ def decide_step(
     )
 
 
-#: predicted seconds of a tool call before the episode has measured any
-DEFAULT_TOOL_S = 0.5
-
-
 @dataclass(frozen=True)
 class WrapUp:
     """Why a step answers with what it has instead of calling another tool."""
@@ -114,13 +110,13 @@ def wrap_up(
     cost_model: CostModel,
 ) -> WrapUp | None:
     """A WrapUp when tools may be called (tool_choice "auto") but the episode's
-    time above its margin cannot fit a greedy tool-call step, the tools' predicted
-    time and a greedy answer step; None otherwise."""
+    time above its margin cannot fit a greedy tool-call step, a slow tool round
+    (`Episode.tool_round_upper_s`) and a greedy answer step; None otherwise."""
     if episode is None or tool_choice_mode != "auto" or features.tools_bound == 0:
         return None
     greedy = StrategyConfig("single", temperature=0.0, max_tokens=max_tokens)
     step_s = cost_model.predict(greedy, features).latency_s * cost_model.latency_headroom()
-    tool_s = getattr(episode, "predicted_tool_s", lambda: DEFAULT_TOOL_S)()
+    tool_s = episode.tool_round_upper_s(tools_bound=True)
     needed = 2 * step_s + tool_s
     time_left = episode.remaining_s() - episode.safety_margin_s
     return WrapUp(time_left_s=time_left, round_trip_s=needed) if time_left < needed else None
@@ -131,13 +127,14 @@ def rest_of_episode_s(
     cost_model: CostModel,
 ) -> float:
     """The least time the episode needs after this step: when the step may call a
-    tool, that tool's round and a greedy answer step (with the latency headroom);
+    tool, a slow tool round (`Episode.tool_round_upper_s`: a reserve that must
+    hold, so not the mean) and a greedy answer step (with the latency headroom);
     else nothing."""
     if not calls_tools:
         return 0.0
     greedy = StrategyConfig("single", temperature=0.0, max_tokens=max_tokens)
     answer_s = cost_model.predict(greedy, features).latency_s * cost_model.latency_headroom()
-    return episode.tool_round_s(tools_bound=True) + answer_s
+    return episode.tool_round_upper_s(tools_bound=True) + answer_s
 
 
 def stretch_when_nothing_fits(
