@@ -52,6 +52,7 @@ BENCHES: dict[str, str] = {
     "allocation": "adaptive allocation vs static configurations vs oracle (offline, no engine)",
     "episodes": "agent episodes under deadlines, adaptive vs static policies",
     "load": "many concurrent episodes with deadlines on one engine",
+    "invoke": "the default chat model vs each fixed strategy on held-out steps, via invoke",
 }
 #: benches that draw their own progress bars (the others get a spinner with elapsed time)
 _OWN_PROGRESS = frozenset({"episodes"})
