@@ -501,6 +501,63 @@ def test_a_cut_tool_step_without_time_for_a_round_trip_is_rescued_with_an_answer
     assert outcome.record.error is None
 
 
+def _late_call_episode(clock: FakeClock, overrun_s: float):
+    """A step whose sampled call comes back after `overrun_s` of a 30 s episode whose
+    "add" tool takes 25 s every time."""
+    specs = parse_call_options({"tools": [ADD_TOOL]}).specs
+    answer_only = tp.reply_grammar(list(specs), tp.ToolChoice("none"), False)
+
+    def replies(request) -> list[str]:
+        if request.guided == answer_only:
+            return ['{"answer": "5"}']
+        clock.advance(overrun_s)
+        return [GOOD_CALL] * request.n
+
+    return FakeEngine(replies=replies)
+
+
+@pytest.mark.parametrize(("overrun_s", "answered"), [(4.5, True), (1.0, False), (28.9, False)])
+def test_a_call_too_late_for_its_tool_round_is_answered_instead(
+    overrun_s: float, answered: bool
+) -> None:
+    """4.5 s lost: 24.5 s cannot fit the 25 s tool and an answer, so the step answers;
+    1 s lost: the call fits and stands; 28.9 s lost: no time even to answer, the call
+    stands (the tool may be quicker this time)."""
+    clock = FakeClock()
+    engine = _late_call_episode(clock, overrun_s)
+    TOOL_TIMES.clear()
+    try:
+        with Episode(deadline_s=30, clock=clock) as episode:
+            episode.observe_tool_time("add", 25.0)
+            episode.observe_tool_time("add", 25.0)
+            outcome = _run(_pipeline(engine, grid=(BO4,)), [HumanMessage("add 2 and 3")],
+                           episode, tools=[ADD_TOOL])
+    finally:
+        TOOL_TIMES.clear()
+    late = outcome.record.selection.get("late_call", "")
+    if answered:
+        assert outcome.message.content == "5" and not outcome.message.tool_calls
+        assert late.endswith("answered instead")
+    else:
+        assert [c["name"] for c in outcome.message.tool_calls] == ["add"]
+        assert late == "" if overrun_s < 4 else late.endswith("no time to answer")
+
+
+def test_a_fixed_strategy_keeps_its_late_call() -> None:
+    clock = FakeClock()
+    engine = _late_call_episode(clock, 4.5)
+    TOOL_TIMES.clear()
+    try:
+        with Episode(deadline_s=30, clock=clock) as episode:
+            episode.observe_tool_time("add", 25.0)
+            episode.observe_tool_time("add", 25.0)
+            outcome = _run(_pipeline(engine, strategy=BO4), [HumanMessage("add 2 and 3")],
+                           episode, tools=[ADD_TOOL])
+    finally:
+        TOOL_TIMES.clear()
+    assert [c["name"] for c in outcome.message.tool_calls] == ["add"]
+
+
 def test_when_nothing_fits_the_step_may_use_what_the_episode_can_spare() -> None:
     engine = FakeEngine(replies=("5",))
     with Episode(deadline_s=30, expected_steps=3) as episode:

@@ -154,6 +154,10 @@ class StepPipeline:
             result, parsed = await self._fallback(
                 prepared, features, result, parsed, episode, limit, deadline
             )
+        if parsed.tool_calls and episode is not None and allocation.strategy is None:
+            result, parsed = await self._answer_instead_of_late_call(
+                prepared, features, result, parsed, episode, limit
+            )
         error = None if has_usable_output(parsed) else no_usable_output_error(result)
         record = step_record(
             context, decision, features, result, error, finish=step_finish(parsed, result),
@@ -250,6 +254,54 @@ class StepPipeline:
             details={**result.details, **rescue.details, "fallback": how},
         )
         return merged, rescued
+
+    async def _answer_instead_of_late_call(
+        self,
+        prepared: PreparedStep,
+        features: StepFeatures,
+        result: StrategyResult,
+        parsed: tp.ParsedReply,
+        episode: Episode,
+        limit: float | None,
+    ) -> tuple[StrategyResult, tp.ParsedReply]:
+        """A tool call that ends with too little time left for a slow tool round and
+        the answer after it (the step ran long: a loaded engine, a slow rescue) would
+        take the episode past its deadline. With tool choice "auto", a greedy decode
+        under the answer-only grammar replaces it when one is predicted to fit the time
+        left; else the call stands (the tool may still be quick)."""
+        if prepared.options.choice.mode != "auto":
+            return result, parsed
+        time_left = episode.remaining_s() - episode.safety_margin_s
+        rest_s = rest_of_episode_s(features, True, prepared.max_tokens, episode,
+                                   self.cost_model)
+        if time_left >= rest_s:
+            return result, parsed
+        answer_step = self._answer_only(prepared)
+        greedy = StrategyConfig("single", temperature=0.0, max_tokens=prepared.max_tokens)
+        answer_features = step_features(answer_step, features.step_index,
+                                        features.concurrent_sequences,
+                                        features.queued_prompt_tokens)
+        predicted = self.cost_model.predict(greedy, answer_features).latency_s
+        note = (f"{time_left:.2f} s left after the call, {rest_s:.2f} s needed for a tool "
+                "round and an answer")
+        if predicted * self.cost_model.latency_headroom() > time_left:
+            return replace(result, details={**result.details,
+                                            "late_call": f"{note}; no time to answer"}), parsed
+        try:
+            answer = await execute(
+                self.engine, answer_step.step_input(), greedy,
+                time.monotonic() + time_left, None, self.settings.max_retries, limit,
+            )
+        except TidalEngineError:
+            return result, parsed
+        answered = tp.parse_reply(answer.selected.text, True, tools=None)
+        if not answered.content.strip() or answer.selected.finish_reason in TRUNCATED:
+            return result, parsed
+        merged = replace(
+            result, selected=answer.selected, cost=result.cost.merged(answer.cost),
+            details={**result.details, "late_call": f"{note}; answered instead"},
+        )
+        return merged, answered
 
     def _rescue_plan(
         self, prepared: PreparedStep, features: StepFeatures, episode: Episode,
