@@ -57,7 +57,13 @@ from tidal_agents.errors import EpisodeDeadlineExceeded, TidalConfigError
 from tidal_agents.trace import JsonlWriter, Trace
 from tidal_agents.trace.records import StepRecord, TraceEvent
 from tidal_agents.types import StrategyConfig
-from tidal_agents.validation import check_choice, check_int, check_number, is_finite_number
+from tidal_agents.validation import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_number,
+    is_finite_number,
+)
 
 _CURRENT: contextvars.ContextVar[Episode | None] = contextvars.ContextVar(
     "tidal_episode", default=None
@@ -78,6 +84,7 @@ CONFIG_KEYS = {
     "tidal_safety_margin_s": "safety_margin_s",
     "tidal_on_deadline": "on_deadline",
     "tidal_max_episode_tokens": "max_episode_tokens",
+    "tidal_announce_budget": "announce_budget",
     "tidal_episode_id": "episode_id",  # also ties the steps of one episode together
 }
 
@@ -187,6 +194,11 @@ class EpisodeSettings:
     """Generated (output) tokens the whole episode may spend, an integer >= 1, or
     None for no token budget. A step starting with none left is treated like one
     past the deadline (see ``on_deadline``)."""
+    announce_budget: bool = False
+    """Tell the model its remaining budget: each step's conversation ends with a short
+    system note (`budget_note`: seconds left, tokens left when budgeted), so it can
+    choose to answer rather than call another tool. Off by default: the note changes
+    the prompt the allocator and its training saw."""
 
     def __post_init__(self) -> None:
         self.verify()
@@ -208,6 +220,7 @@ class EpisodeSettings:
         check_choice("on_deadline", self.on_deadline, get_args(OnDeadline))
         check_number("fallback_allowance_s", self.fallback_allowance_s, lo=0, lo_open=True)
         check_int("max_episode_tokens", self.max_episode_tokens, lo=1, allow_none=True)
+        check_bool("announce_budget", self.announce_budget)
         if self.trace_path is not None and (
             not isinstance(self.trace_path, (str, Path)) or not str(self.trace_path)
         ):
@@ -304,6 +317,8 @@ class Episode:
         episode_id: the trace's name, also set by ``tidal_episode_id`` (default: random).
         max_episode_tokens: generated tokens the episode may spend (default: no limit);
             with none left a step is treated like one past the deadline.
+        announce_budget: end each step's conversation with a system note of the
+            budget left (see `EpisodeSettings.announce_budget`).
     """
 
     def __init__(
@@ -320,12 +335,14 @@ class Episode:
         clock: Callable[[], float] = time.monotonic,
         episode_id: str | None = None,
         max_episode_tokens: int | None = None,
+        announce_budget: bool = False,
     ) -> None:
         check_episode_id(episode_id)
         # the settings' fields are these parameters, in this order
         settings = EpisodeSettings(deadline_s, lambda_tokens, lambda_latency, safety_margin_s,
                                    expected_steps, trace_path, on_deadline,
-                                   fallback_allowance_s, grid, max_episode_tokens)
+                                   fallback_allowance_s, grid, max_episode_tokens,
+                                   announce_budget)
         self._start(settings, clock, episode_id)
 
     @classmethod
@@ -355,6 +372,7 @@ class Episode:
         self.fallback_allowance_s = float(settings.fallback_allowance_s)
         self.grid = settings.grid
         self.max_episode_tokens = settings.max_episode_tokens
+        self.announce_budget = settings.announce_budget
         self.id = episode_id or uuid.uuid4().hex[:12]
         self._clock = clock
         self.started = clock()
@@ -458,6 +476,17 @@ class Episode:
             return 0.0
         process_mean = TOOL_TIMES.mean_over_known()
         return self.tool_times.prior_s if process_mean is None else process_mean
+
+    def budget_note(self) -> str:
+        """The system note `announce_budget` adds to a step: what is left of the
+        deadline above the safety margin and, with a token budget, of the tokens."""
+        seconds = max(0.0, self.remaining_s() - self.safety_margin_s)
+        note = f"Budget: {seconds:.1f} s left of {self.deadline_s:g} s"
+        tokens = self.tokens_left()
+        if tokens is not None:
+            note += f", {max(0, int(tokens))} tokens left"
+        return (f"{note}. If that is too little for another tool call and an answer, "
+                "answer now with what you have.")
 
     def tool_round_upper_s(self, tools_bound: bool = False) -> float:
         """Seconds that cover a slow tool round (`ToolTimes.upper_seconds`), for
@@ -758,6 +787,7 @@ def episode_config(
     safety_margin_s: float | None = None,
     on_deadline: OnDeadline | None = None,
     max_episode_tokens: int | None = None,
+    announce_budget: bool | None = None,
 ) -> dict[str, Any]:
     """RunnableConfig that declares an episode for a LangGraph graph or any runnable.
 
@@ -772,6 +802,7 @@ def episode_config(
         ("tidal_lambda_latency", lambda_latency), ("tidal_trace_path", trace_path),
         ("tidal_expected_steps", expected_steps), ("tidal_safety_margin_s", safety_margin_s),
         ("tidal_on_deadline", on_deadline), ("tidal_max_episode_tokens", max_episode_tokens),
+        ("tidal_announce_budget", announce_budget),
     ):
         if value is not None:
             configurable[key] = value

@@ -386,3 +386,13 @@ def test_tool_timeouts_can_be_turned_off() -> None:
     assert _timed_out_reply(out).content == "done"
     with pytest.raises(TidalConfigError, match="tool_timeouts"):
         TidalEpisodeMiddleware(deadline_s=1, tool_timeouts="yes")  # type: ignore[arg-type]
+
+
+def test_announce_budget_is_checked_and_declared_by_config() -> None:
+    with pytest.raises(TidalConfigError, match="announce_budget"):
+        Episode(deadline_s=5, announce_budget="yes")  # type: ignore[arg-type]
+    config = episode_config(10, "e1", announce_budget=True)
+    assert config["configurable"]["tidal_announce_budget"] is True
+    episode = Episode.from_config(config["configurable"])
+    assert episode is not None and episode.announce_budget
+    assert not Episode(deadline_s=5).announce_budget

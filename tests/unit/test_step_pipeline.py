@@ -693,3 +693,28 @@ def test_an_episode_declared_per_call_does_not_discount_an_open_one() -> None:
         elsewhere.run(other.__exit__, None, None, None)
     assert others >= 1
     assert outcome.record.features["concurrent_sequences"] == others
+
+
+def test_announce_budget_ends_the_conversation_with_the_budget_left() -> None:
+    clock = FakeClock()
+    engine = FakeEngine(replies=("5",))
+    with Episode(deadline_s=20, max_episode_tokens=500, announce_budget=True,
+                 clock=clock) as episode:
+        clock.advance(5.0)
+        _run(_pipeline(engine, strategy=StrategyConfig("single", temperature=0.0,
+                                                        max_tokens=8)),
+             [HumanMessage("2+3?")], episode)
+    prompt = engine.requests[0].prompt
+    note = "system: Budget: 14.0 s left of 20 s, 500 tokens left."
+    assert note in prompt and prompt.index("user: 2+3?") < prompt.index(note)
+    (event,) = [e for e in episode.trace.events if e.event == "budget_note"]
+    assert event.detail["note"].startswith("Budget: 14.0 s left of 20 s")
+
+
+def test_without_announce_budget_the_prompt_has_no_note() -> None:
+    engine = FakeEngine(replies=("5",))
+    with Episode(deadline_s=20) as episode:
+        _run(_pipeline(engine, strategy=StrategyConfig("single", temperature=0.0,
+                                                        max_tokens=8)),
+             [HumanMessage("2+3?")], episode)
+    assert "Budget:" not in engine.requests[0].prompt

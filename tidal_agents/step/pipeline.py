@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from langchain_core.messages import AIMessage, BaseMessage
+from langchain_core.messages import AIMessage, BaseMessage, SystemMessage
 
 from tidal_agents import tool_protocol as tp
 from tidal_agents.allocation import CostModel, StepFeatures
@@ -88,6 +88,10 @@ class StepPipeline:
     ) -> StepOutcome:
         """Run one step; its record goes to the episode's trace, raised errors included."""
         started_wall = time.time()
+        if episode is not None and episode.announce_budget:
+            note = episode.budget_note()
+            episode.record_event("budget_note", note=note)
+            messages = [*messages, SystemMessage(note)]
         prepared = prepare_step(self.engine, messages, options, stops, self.settings.max_tokens)
         ledger = ledger_for(self.engine)
         ticket = ledger.enter(prepared.prompt_tokens)
