@@ -242,6 +242,26 @@ async def test_local_engine_async_generate(local_engine: Callable[..., LocalVLLM
     assert result.samples[0].text == "ok" and result.prompt_tokens == 3
 
 
+async def test_local_engine_counts_a_prompt_as_queued_until_its_first_output(
+    local_engine: Callable[..., LocalVLLMEngine],
+) -> None:
+    llm = FakeAsyncLLM([_output(_completion(0, "o", [41])),
+                        _output(_completion(0, "k", [42], "stop"))], delays=[0.3, 0.3])
+    eng = local_engine(llm)
+    prompt_tokens = len(FakeTokenizer().encode("What is 2+2?"))
+    task = asyncio.ensure_future(eng.generate(GenerationRequest(prompt="What is 2+2?")))
+    await asyncio.sleep(0.15)  # submitted, nothing prefilled yet
+    assert eng.queued_prompt_tokens == prompt_tokens
+    await asyncio.sleep(0.3)  # the first token is out: the prompt was prefilled
+    assert eng.queued_prompt_tokens == 0 and eng.in_flight_sequences == 1
+    await task
+    assert eng.queued_prompt_tokens == 0 and eng.in_flight_sequences == 0
+    # a request cut off before any output leaves the queue too
+    slow = local_engine(FakeAsyncLLM([_output(_completion(0, "x", [1]))], delays=[5.0]))
+    result = await slow.generate(GenerationRequest(prompt="hi", timeout_s=0.1))
+    assert result.timed_out and slow.queued_prompt_tokens == 0
+
+
 def test_local_engine_checks_the_prompt(local_engine: Callable[..., LocalVLLMEngine]) -> None:
     eng = local_engine(FakeAsyncLLM([]))
     with pytest.raises(TidalConfigError, match="exceeds the model's context"):

@@ -10,8 +10,10 @@ decoding beside.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import threading
+import weakref
 from dataclasses import dataclass
 
 from tidal_agents.engine.types import Engine
@@ -75,10 +77,23 @@ _LEDGERS_LOCK = threading.Lock()
 
 def ledger_for(engine: object) -> StepLedger:
     """The ledger of `engine` (one per engine object in this process)."""
+    key = id(engine)
     with _LEDGERS_LOCK:
-        # keyed by identity: engines need not be hashable; a reused id after an engine
-        # is gone finds an empty ledger (every step leaves it)
-        return _LEDGERS.setdefault(id(engine), StepLedger())
+        # keyed by identity: engines need not be hashable
+        ledger = _LEDGERS.get(key)
+        if ledger is not None:
+            return ledger
+        ledger = _LEDGERS[key] = StepLedger()
+    # the ledger goes with its engine (a reused id then starts afresh); an engine
+    # that takes no weak references keeps its ledger
+    with contextlib.suppress(TypeError):
+        weakref.finalize(engine, _forget_ledger, key)
+    return ledger
+
+
+def _forget_ledger(key: int) -> None:
+    with _LEDGERS_LOCK:
+        _LEDGERS.pop(key, None)
 
 
 def engine_load(engine: Engine, ledger: StepLedger, ticket: int | None) -> EngineLoad:
