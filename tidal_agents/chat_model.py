@@ -455,7 +455,8 @@ class TidalChatModel(BaseChatModel):
         outcome = await self.pipeline.run(
             messages, options, stops, episode, config.get("metadata") or {}, on_token
         )
-        await emitter.event(STEP_EVENT, outcome.record.model_dump(mode="json"))
+        if emitter.has_listeners:
+            await emitter.event(STEP_EVENT, outcome.record.model_dump(mode="json"))
         return outcome.message
 
     @property

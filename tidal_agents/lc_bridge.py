@@ -66,10 +66,19 @@ class Emitter:
     async def token(self, text: str, chunk: ChatGenerationChunk) -> None: ...
     async def event(self, name: str, data: dict[str, Any]) -> None: ...
 
+    @property
+    def has_listeners(self) -> bool:
+        """Whether `event` reaches any handler: when not, its payload need not be built."""
+        return True
+
 
 class AsyncEmitter(Emitter):
     def __init__(self, run_manager: AsyncCallbackManagerForLLMRun | None) -> None:
         self.rm = run_manager
+
+    @property
+    def has_listeners(self) -> bool:
+        return self.rm is not None and bool(self.rm.handlers)
 
     async def token(self, text: str, chunk: ChatGenerationChunk) -> None:
         if self.rm is not None:
@@ -112,6 +121,10 @@ class RunEmitter(Emitter):
 class SyncEmitter(Emitter):
     def __init__(self, run_manager: CallbackManagerForLLMRun | None) -> None:
         self.rm = run_manager
+
+    @property
+    def has_listeners(self) -> bool:
+        return self.rm is not None and bool(self.rm.handlers)
 
     async def token(self, text: str, chunk: ChatGenerationChunk) -> None:
         if self.rm is not None:

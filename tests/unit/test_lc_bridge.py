@@ -141,3 +141,40 @@ async def test_sync_invoke_inside_a_running_loop_runs_in_the_current_episode() -
     with model.episode(deadline_s=30) as ep:
         assert model.invoke("2+2?").content == "four"
     assert len(ep.trace.records) == 1
+
+
+def test_the_step_event_is_built_only_for_a_listening_handler() -> None:
+    from langchain_core.callbacks import BaseCallbackHandler
+
+    from tidal_agents.chat_model import STEP_EVENT
+
+    class Events(BaseCallbackHandler):
+        def __init__(self) -> None:
+            self.seen: list[tuple[str, dict]] = []
+
+        def on_custom_event(self, name: str, data: dict, **kwargs: object) -> None:
+            self.seen.append((name, data))
+
+    model = _model()
+    built: list[int] = []
+    record_type = type(_model_record(model))
+    dump = record_type.model_dump
+
+    def counting_dump(self: object, **kwargs: object) -> dict:
+        built.append(1)
+        return dump(self, **kwargs)  # type: ignore[arg-type]
+
+    handler = Events()
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(record_type, "model_dump", counting_dump)
+        model.invoke("2+2?")
+        assert built == []  # nobody listens: no payload
+        model.invoke("2+2?", config={"callbacks": [handler]})
+    assert built == [1] and [name for name, _ in handler.seen] == [STEP_EVENT]
+    assert handler.seen[0][1]["strategy"] == "greedy"
+
+
+def _model_record(model: TidalChatModel) -> object:
+    with model.episode(deadline_s=30) as ep:
+        model.invoke("2+2?")
+    return ep.trace.records[0]
