@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 from dataclasses import replace
 
 import pytest
@@ -334,6 +335,23 @@ def test_adaptive_steps_record_the_decision_they_made() -> None:
     assert decision["chosen"] == outcome.record.strategy
     assert {c["name"] for c in decision["candidates"]} >= {"greedy"}
 
+
+def test_a_record_read_later_holds_the_step_as_it_ended() -> None:
+    # outside an episode the record is built when first read: it must not take the
+    # reading time for the step's end, nor the caller's metadata as changed since
+    engine = FakeEngine(replies=("5",))
+    metadata = {"langgraph_node": "agent", "langgraph_step": 3}
+    outcome = asyncio.run(_pipeline(engine, strategy=GREEDY).run(
+        [HumanMessage("What is 2 + 3?")], parse_call_options({}), (), None, metadata
+    ))
+    returned_at = time.time()
+    metadata["langgraph_node"] = "changed"
+    time.sleep(0.02)
+    record = outcome.record
+    assert record.started_at <= record.ended_at <= returned_at
+    assert (record.node, record.langgraph_step) == ("agent", 3)
+    assert record.spent is not None and record.spent.generated_tokens == 1
+    assert outcome.record is record
 
 def test_declared_episodes_are_shared_by_key_and_isolated_otherwise() -> None:
     registry = EpisodeRegistry(max_size=4)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -86,24 +86,47 @@ def step_record(
     finish: str | None = None,
     tool_calls: Sequence[str] = (),
 ) -> StepRecord:
+    return step_record_builder(
+        context, decision, features, result, error, finish=finish, tool_calls=tool_calls
+    )()
+
+
+def step_record_builder(
+    context: StepContext,
+    decision: StepDecision,
+    features: StepFeatures,
+    result: StrategyResult | None,
+    error: str | None,
+    finish: str | None = None,
+    tool_calls: Sequence[str] = (),
+) -> Callable[[], StepRecord]:
+    """The step's record as of now, to be built when read: what changes with time
+    (the clock, the episode's time left, the caller's metadata) is read now, so the
+    record is the same whenever it is built."""
     episode = context.episode
-    record = StepRecord.from_step(
-        episode_id=episode.id if episode else None,
-        step_index=context.step_index,
-        node=context.metadata.get("langgraph_node"),
-        langgraph_step=context.metadata.get("langgraph_step"),
-        started_at=context.started_wall,
-        ended_at=time.time(),
-        time_left_before_s=context.time_left_before_s,
-        time_left_after_s=episode.remaining_s() if episode else None,
-        decision=decision,
-        result=result,
-        error=error,
-        features=features,
-        finish=finish,
-    )
-    # the episode attributes the time until the next step to these tools
-    return record.model_copy(update={"tool_calls": list(tool_calls)}) if tool_calls else record
+    fields: dict[str, Any] = {
+        "episode_id": episode.id if episode else None,
+        "step_index": context.step_index,
+        "node": context.metadata.get("langgraph_node"),
+        "langgraph_step": context.metadata.get("langgraph_step"),
+        "started_at": context.started_wall,
+        "ended_at": time.time(),
+        "time_left_before_s": context.time_left_before_s,
+        "time_left_after_s": episode.remaining_s() if episode else None,
+        "decision": decision,
+        "result": result,
+        "error": error,
+        "features": features,
+        "finish": finish,
+    }
+    called = list(tool_calls)
+
+    def build() -> StepRecord:
+        record = StepRecord.from_step(**fields)
+        # the episode attributes the time until the next step to these tools
+        return record.model_copy(update={"tool_calls": called}) if called else record
+
+    return build
 
 
 def to_message(

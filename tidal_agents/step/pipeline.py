@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
@@ -37,6 +37,7 @@ from tidal_agents.step.finish import (
     prefer_complete,
     repeats_answered_call,
     step_record,
+    step_record_builder,
     to_message,
 )
 from tidal_agents.step.prepare import (
@@ -64,10 +65,21 @@ class StepSettings:
     model_name: str
 
 
-@dataclass(frozen=True)
 class StepOutcome:
-    message: AIMessage
-    record: StepRecord
+    """A step's reply and its trace record. The record is built when first read:
+    outside an episode, with no callback handler listening, nothing reads it."""
+
+    def __init__(
+        self, message: AIMessage, record: StepRecord | Callable[[], StepRecord]
+    ) -> None:
+        self.message = message
+        self._record = record
+
+    @property
+    def record(self) -> StepRecord:
+        if not isinstance(self._record, StepRecord):
+            self._record = self._record()
+        return self._record
 
 
 @dataclass
@@ -163,11 +175,13 @@ class StepPipeline:
                 prepared, features, result, parsed, episode, limit
             )
         error = None if has_usable_output(parsed) else no_usable_output_error(result)
-        record = step_record(
+        build_record = step_record_builder(
             context, decision, features, result, error, finish=step_finish(parsed, result),
             tool_calls=[c["name"] for c in parsed.tool_calls],
         )
+        record: StepRecord | Callable[[], StepRecord] = build_record
         if episode is not None:
+            record = build_record()
             episode.record(record)
         message = to_message(
             parsed, result, chosen, decision, context, self.settings.model_name, error
