@@ -69,6 +69,11 @@ class CrossValidationSettings:
     inner_repeats: int = 3
     points: int = 30
     resamples: int = CV_RESAMPLES
+    #: fits the predictor instead of `estimator` (`train.PredictorFactory`)
+    predictor_factory: train.PredictorFactory | None = None
+    #: seconds every adaptive decision costs before it is made (e.g. a probe's forward
+    #: pass), added to the adaptive policies' latency, in lambda's choice as in the figures
+    adaptive_overhead_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -140,7 +145,8 @@ def fit_training_folds(
     """
     fit_rows = [by[(m.qids[i], c)] for i in fit for c in m.configs if (m.qids[i], c) in by]
     predictor, est, cv_table = train.fit_recipe(fit_rows, s.estimator, s.seed, keep_cv=True,
-                                                folds=s.inner_folds, repeats=s.inner_repeats)
+                                                folds=s.inner_folds, repeats=s.inner_repeats,
+                                                predictor_factory=s.predictor_factory)
     oof = next(c for c in cv_table or [] if c["estimator"] == est)["_oof"]
     if list(oof["qids"]) != [m.qids[i] for i in fit]:
         raise TidalConfigError("inner cross-validation queries do not match the fold.")
@@ -153,6 +159,7 @@ def fit_training_folds(
     points = np.mean([
         evaluate_choices(sweep(a[:, cols], tok_hat, lat_hat, lam_t, lam_l)[0],
                          f_lab, f_tok, f_lat) for a in oof["acc_hat"]], axis=0)
+    points[:, 2] += s.adaptive_overhead_s
     best = static_best_index(static, np.asarray(available(f_lab).all(axis=0)))
     return TrainingFoldsFit(predictor, est, static, best, lambdas, points,
                             sorted({r["query_id"] for r in fit_rows}))
@@ -235,26 +242,32 @@ def decide_out_of_fold(
 class PooledFigures:
     """Figures of out-of-fold decisions pooled over all queries, against the oracle."""
 
-    def __init__(self, m: OutcomeMatrices, seed: int, resamples: int) -> None:
+    def __init__(self, m: OutcomeMatrices, seed: int, resamples: int,
+                 adaptive_overhead_s: float = 0.0) -> None:
         self.m = m
+        self.adaptive_overhead_s = adaptive_overhead_s
         n_q = len(m.qids)
         self.q = np.arange(n_q)
         self.oracle = oracle_choice(m.labels, m.tokens, m.latency)
         self.oracle_accuracy = m.labels[self.q, self.oracle]
         self.boot = np.random.default_rng(seed).integers(0, n_q, size=(resamples, n_q))
 
-    def per_query(self, ch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Accuracy, tokens, latency of the chosen configuration of every query."""
-        return self.m.labels[self.q, ch], self.m.tokens[self.q, ch], self.m.latency[self.q, ch]
+    def per_query(self, ch: np.ndarray, adaptive: bool = False
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Accuracy, tokens, latency of the chosen configuration of every query (an
+        `adaptive` policy's latency includes its per-decision overhead)."""
+        latency = self.m.latency[self.q, ch] + (self.adaptive_overhead_s if adaptive else 0.0)
+        return self.m.labels[self.q, ch], self.m.tokens[self.q, ch], latency
 
-    def averaged(self, ch: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def averaged(self, ch: np.ndarray, adaptive: bool = False
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """`per_query` of every repeat's choices (repeats x Q), averaged over the repeats."""
-        vals = [self.per_query(c) for c in ch]
+        vals = [self.per_query(c, adaptive) for c in ch]
         acc, tok, lat = (np.mean([v[i] for v in vals], axis=0) for i in range(3))
         return acc, tok, lat
 
-    def point(self, ch: np.ndarray) -> dict[str, float]:
-        return accuracy_cost_point(*(v.mean() for v in self.per_query(ch)))
+    def point(self, ch: np.ndarray, adaptive: bool = False) -> dict[str, float]:
+        return accuracy_cost_point(*(v.mean() for v in self.per_query(ch, adaptive)))
 
     def used(self, ch: np.ndarray) -> dict[str, int]:
         """How often each configuration was chosen."""
@@ -279,7 +292,7 @@ def per_repeat_figures(
         item: dict[str, Any] = {"static": pooled.point(static)}
         for key, _ in CV_MATCHED_COSTS:
             ch = choice[f"adaptive_at_matched_{key}"][rep]
-            item[f"adaptive_at_matched_{key}"] = pooled.point(ch)
+            item[f"adaptive_at_matched_{key}"] = pooled.point(ch, adaptive=True)
             item.update(pooled.paired(labels[q, static], labels[q, ch], key))
         out.append(item)
     return out
@@ -292,7 +305,7 @@ def matched_figures(pooled: PooledFigures, choice: dict[str, np.ndarray]) -> dic
     out: dict[str, Any] = {}
     for key, col in CV_MATCHED_COSTS:
         ch = choice[f"adaptive_at_matched_{key}"]
-        a_acc, a_tok, a_lat = pooled.averaged(ch)
+        a_acc, a_tok, a_lat = pooled.averaged(ch, adaptive=True)
         adaptive_cost, static_cost = (a_tok, s_tok) if col == 1 else (a_lat, s_lat)
         out[f"adaptive_at_matched_{key}"] = {
             **accuracy_cost_point(a_acc.mean(), a_tok.mean(), a_lat.mean()),
@@ -320,8 +333,10 @@ def headline_figures(pooled: PooledFigures, choice: dict[str, np.ndarray]) -> di
     """
     boot = pooled.boot
     s_acc, s_tok, s_lat = pooled.averaged(choice["static"])
-    a_acc, a_tok, a_lat = pooled.averaged(choice["adaptive_at_matched_accuracy_tokens"])
-    l_acc, l_tok, l_lat = pooled.averaged(choice["adaptive_at_matched_accuracy_latency"])
+    a_acc, a_tok, a_lat = pooled.averaged(choice["adaptive_at_matched_accuracy_tokens"],
+                                          adaptive=True)
+    l_acc, l_tok, l_lat = pooled.averaged(choice["adaptive_at_matched_accuracy_latency"],
+                                          adaptive=True)
     static_acc = float(s_acc.mean())
 
     def saved(adaptive_cost: np.ndarray, static_cost: np.ndarray) -> tuple[float, Any]:
@@ -378,9 +393,12 @@ def _description(s: CrossValidationSettings) -> dict[str, Any]:
         "estimator_note": (
             "the shipped model's estimator, refitted on every fold's training queries "
             "(estimator selection inside the folds is too slow for the bench)"
-            if s.estimator != "select" else
+            if s.predictor_factory is None and s.estimator != "select" else
+            "a predictor of the caller's (predictor_factory), refitted on every fold's "
+            "training queries" if s.predictor_factory is not None else
             "chosen inside every fold by the shipped model's cross-validation (select)"),
         "inner_cv": {"folds": s.inner_folds, "repeats": s.inner_repeats},
+        **({"adaptive_overhead_s": s.adaptive_overhead_s} if s.adaptive_overhead_s else {}),
         "choices_fitted_on": (
             "the other folds only: predictor, cost means, static best (best training accuracy) "
             "and lambda (most accurate on the training folds' out-of-fold predictions within "
@@ -400,15 +418,18 @@ def cross_validated_allocation(
     inner_repeats: int = 3,
     points: int = 30,
     resamples: int = CV_RESAMPLES,
+    predictor_factory: train.PredictorFactory | None = None,
+    adaptive_overhead_s: float = 0.0,
 ) -> dict[str, Any]:
     """Static best vs adaptive vs oracle, cross-validated over *all* queries of `rows`.
 
     See the module docstring. ``_folds`` (popped by `bench allocation`)
     records, per fold, the query ids the fit saw and the ones it decided.
+    `predictor_factory` and `adaptive_overhead_s`: see `CrossValidationSettings`.
     """
     t0 = time.perf_counter()
     s = CrossValidationSettings(estimator, folds, repeats, seed, inner_folds, inner_repeats,
-                                points, resamples)
+                                points, resamples, predictor_factory, adaptive_overhead_s)
     m = outcome_matrices(rows)
     n_q = len(m.qids)
     if n_q < folds * 2 * inner_folds:
@@ -417,7 +438,7 @@ def cross_validated_allocation(
                                f"inner folds={inner_folds}).")
     decisions = decide_out_of_fold(rows, m, s)
     choice, fold_of = decisions.choice, decisions.fold_of
-    pooled = PooledFigures(m, seed, resamples)
+    pooled = PooledFigures(m, seed, resamples, adaptive_overhead_s)
     per_repeat = per_repeat_figures(pooled, choice)
     s_acc, s_tok, s_lat = pooled.averaged(choice["static"])
     static_per_fold = np.array([

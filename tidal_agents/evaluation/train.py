@@ -23,7 +23,7 @@ import glob
 import hashlib
 import json
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -136,8 +136,23 @@ def training_rows(rows: Sequence[dict[str, Any]]) -> list[TrainingRow]:
     return [TrainingRow(row_features(r), row_config(r), float(r["soft_label"])) for r in rows]
 
 
+#: seed -> an unfitted predictor, in place of a named estimator (e.g. one over features
+#: the outcome rows carry besides `StepFeatures`, `evaluation.probe.ProbePredictor`)
+PredictorFactory = Callable[[int], Any]
+
+
+def fit_predictor(predictor: Any, rows: Sequence[dict[str, Any]]) -> Any:
+    """Fit `predictor` on outcome rows: one that reads the rows itself
+    (``fit_outcome_rows``) gets them as they are, others their `TrainingRow`s."""
+    if hasattr(predictor, "fit_outcome_rows"):
+        return predictor.fit_outcome_rows(rows)
+    return predictor.fit(training_rows(rows))
+
+
 def predict_rows(predictor: Any, rows: Sequence[dict[str, Any]]) -> np.ndarray:
     """Predicted accuracy of each row's configuration on its query (batched per query)."""
+    if hasattr(predictor, "predict_outcome_rows"):
+        return np.asarray(predictor.predict_outcome_rows(rows), dtype=np.float64)
     by_query: dict[str, list[int]] = {}
     for i, r in enumerate(rows):
         by_query.setdefault(r["query_id"], []).append(i)
@@ -230,6 +245,7 @@ def cross_validate(
     repeats: int = 3,
     seed: int = 0,
     keep_predictions: bool = False,
+    predictor_factory: PredictorFactory | None = None,
 ) -> dict[str, Any]:
     """Query-grouped k-fold cross-validation of one estimator on `rows` (a training split).
 
@@ -240,6 +256,8 @@ def cross_validate(
     the means over repeats and each repeat's gap closed at matched tokens.
     `keep_predictions` adds ``_oof``: {"qids", "configs", "acc_hat": one
     Q x C array per repeat} (not JSON; for choices made on these predictions).
+    `predictor_factory` (seed -> unfitted predictor) replaces `make_predictor`;
+    `estimator` then only names it.
     """
     if not isinstance(folds, int) or folds < 2 or not isinstance(repeats, int) or repeats < 1:
         raise TidalConfigError(f"folds={folds!r}, repeats={repeats!r}: allowed are folds >= 2, "
@@ -262,8 +280,8 @@ def cross_validate(
                 continue
             fit_rows = [by[(q, c)] for i, q in enumerate(qids) if fold_of[i] != k
                         for c in names if (q, c) in by]
-            pred = make_predictor(estimator, seed)
-            pred.fit(training_rows(fit_rows))
+            pred = (predictor_factory or functools.partial(make_predictor, estimator))(seed)
+            fit_predictor(pred, fit_rows)
             acc_hat[held] = predict_matrix(pred, by, [qids[i] for i in held], names)
         oof.append(acc_hat)
         briers.append(brier(acc_hat[runs], labels[runs]))
@@ -331,6 +349,7 @@ def fit_recipe(
     keep_cv: bool = False,
     folds: int = 5,
     repeats: int = 3,
+    predictor_factory: PredictorFactory | None = None,
 ) -> tuple[Any, str, list[dict[str, Any]] | None]:
     """The shipped model's recipe on `rows` (all of them training rows): (predictor, estimator, CV).
 
@@ -339,8 +358,15 @@ def fit_recipe(
     A named estimator is fitted directly (no CV) unless `keep_cv`, which also
     cross-validates it and keeps every CV result's out-of-fold predictions
     (``_oof``, see `cross_validate`) for choices made on `rows` only.
+    `predictor_factory` fits that predictor instead, `estimator` being its name.
     """
     cv_table: list[dict[str, Any]] | None = None
+    if predictor_factory is not None:
+        if keep_cv:
+            cv_table = [cross_validate(rows, estimator, folds, repeats, seed,
+                                       keep_predictions=True,
+                                       predictor_factory=predictor_factory)]
+        return fit_predictor(predictor_factory(seed), rows), estimator, cv_table
     if estimator == "select":
         estimator, cv_table = select_estimator(rows, seed=seed, folds=folds, repeats=repeats,
                                                keep_predictions=keep_cv)
@@ -350,8 +376,7 @@ def fit_recipe(
         )
     elif keep_cv:
         cv_table = [cross_validate(rows, estimator, folds, repeats, seed, keep_predictions=True)]
-    predictor = make_predictor(estimator, seed)
-    predictor.fit(training_rows(rows))
+    predictor = fit_predictor(make_predictor(estimator, seed), rows)
     return predictor, estimator, cv_table
 
 
