@@ -519,6 +519,34 @@ def test_a_cut_tool_step_without_time_for_a_round_trip_is_rescued_with_an_answer
     assert outcome.record.error is None
 
 
+def test_a_cut_required_call_is_not_rescued_past_its_round_trip() -> None:
+    """A call is required (no answer-only rescue), but after the 4.5 s lost no call
+    can leave time for the 25 s tool and the answer: the rescue is skipped, so the
+    step ends without a call rather than with one that takes the episode past its
+    deadline."""
+    clock = FakeClock()
+
+    def replies(request) -> list[str]:
+        if request.temperature != 0:
+            clock.advance(4.5)
+            return [CUT_CALL] * request.n
+        return [GOOD_CALL]
+
+    engine = FakeEngine(replies=replies)
+    TOOL_TIMES.clear()
+    try:
+        with Episode(deadline_s=30, clock=clock) as episode:
+            episode.observe_tool_time("add", 25.0)
+            episode.observe_tool_time("add", 25.0)
+            outcome = _run(_pipeline(engine, grid=(BO4,)), [HumanMessage("add 2 and 3")],
+                           episode, tools=[ADD_TOOL], tool_choice="required")
+    finally:
+        TOOL_TIMES.clear()
+    assert not outcome.message.tool_calls
+    assert outcome.record.selection["fallback"] == "skipped: no time left"
+    assert all(r.temperature != 0 for r in engine.requests)
+
+
 def _late_call_episode(clock: FakeClock, overrun_s: float):
     """A step whose sampled call comes back after `overrun_s` of a 30 s episode whose
     "add" tool takes 25 s every time."""
