@@ -519,18 +519,20 @@ def test_a_cut_tool_step_without_time_for_a_round_trip_is_rescued_with_an_answer
     assert outcome.record.error is None
 
 
-def test_a_cut_required_call_is_not_rescued_past_its_round_trip() -> None:
-    """A call is required (no answer-only rescue), but after the 4.5 s lost no call
-    can leave time for the 25 s tool and the answer: the rescue is skipped, so the
-    step ends without a call rather than with one that takes the episode past its
-    deadline."""
+def test_a_cut_required_call_without_time_for_its_round_trip_is_rescued_with_an_answer(
+) -> None:
+    """A call was required, but after the 4.5 s lost no call can leave time for the
+    25 s tool and the answer: a call now would carry the episode past its deadline,
+    so the cut step's rescue answers instead."""
+    specs = parse_call_options({"tools": [ADD_TOOL]}).specs
+    answer_only = tp.reply_grammar(list(specs), tp.ToolChoice("none"), False)
     clock = FakeClock()
 
     def replies(request) -> list[str]:
         if request.temperature != 0:
             clock.advance(4.5)
             return [CUT_CALL] * request.n
-        return [GOOD_CALL]
+        return ['{"answer": "5"}'] if request.guided == answer_only else [GOOD_CALL]
 
     engine = FakeEngine(replies=replies)
     TOOL_TIMES.clear()
@@ -542,9 +544,8 @@ def test_a_cut_required_call_is_not_rescued_past_its_round_trip() -> None:
                            episode, tools=[ADD_TOOL], tool_choice="required")
     finally:
         TOOL_TIMES.clear()
-    assert not outcome.message.tool_calls
-    assert outcome.record.selection["fallback"] == "skipped: no time left"
-    assert all(r.temperature != 0 for r in engine.requests)
+    assert outcome.message.content == "5" and not outcome.message.tool_calls
+    assert outcome.record.selection["fallback"] == "greedy, answer only"
 
 
 def _late_call_episode(clock: FakeClock, overrun_s: float):

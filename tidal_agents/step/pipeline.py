@@ -327,9 +327,8 @@ class StepPipeline:
     ) -> tuple[PreparedStep, float]:
         """How a fallback decode runs, and for how long: as prepared, with the time
         above the margin less the rest of the episode, when a tool call it may make
-        still fits a round trip after it, or when a call is required (tool choice not
-        "auto"); else under the answer-only grammar, with all the time above the
-        margin."""
+        still fits a round trip after it; else under the answer-only grammar (even
+        where a call was required), with all the time above the margin."""
         usable = episode.remaining_s() - episode.safety_margin_s
         if not calls_tools(prepared):
             return prepared, usable
@@ -339,10 +338,9 @@ class StepPipeline:
         with_tools = usable - rest_s
         if with_tools >= predicted_s * self.cost_model.latency_headroom():
             return prepared, with_tools
-        if prepared.options.choice.mode != "auto":
-            # a call is required, so no answer-only; a call made later than this
-            # leaves no time for its round trip and takes the episode past its deadline
-            return prepared, with_tools
+        # Even where the call was required: a call made now could not finish its round
+        # trip by the deadline, and the step is already degraded (cut short), so the
+        # episode's deadline wins over the tool choice and the rescue answers.
         return self._answer_only(prepared), usable
 
     async def _parse(
