@@ -590,6 +590,25 @@ def test_a_call_too_late_for_its_tool_round_is_answered_instead(
         assert late == "" if overrun_s < 4 else late.endswith("no time to answer")
 
 
+def test_a_call_that_fits_a_typical_tool_round_stands() -> None:
+    """The tool took 22 s, then 24 s: a typical round (22.6 s) and the answer fit the
+    24.5 s left, a slow one (26.6 s) would not; the call stands."""
+    clock = FakeClock()
+    engine = _late_call_episode(clock, 4.5)
+    TOOL_TIMES.clear()
+    try:
+        with Episode(deadline_s=30, clock=clock) as episode:
+            episode.observe_tool_time("add", 22.0)
+            episode.observe_tool_time("add", 24.0)
+            assert episode.tool_round_upper_s(True) > 24.5 > episode.tool_time_s("add")
+            outcome = _run(_pipeline(engine, grid=(BO4,)), [HumanMessage("add 2 and 3")],
+                           episode, tools=[ADD_TOOL])
+    finally:
+        TOOL_TIMES.clear()
+    assert [c["name"] for c in outcome.message.tool_calls] == ["add"]
+    assert "late_call" not in outcome.record.selection
+
+
 def test_a_fixed_strategy_keeps_its_late_call() -> None:
     clock = FakeClock()
     engine = _late_call_episode(clock, 4.5)

@@ -124,17 +124,19 @@ def wrap_up(
 
 def rest_of_episode_s(
     features: StepFeatures, calls_tools: bool, max_tokens: int, episode: Episode,
-    cost_model: CostModel,
+    cost_model: CostModel, slow_tools: bool = True,
 ) -> float:
     """The least time the episode needs after this step: when the step may call a
-    tool, a slow tool round (`Episode.tool_round_upper_s`: a reserve that must
-    hold, so not the mean) and a greedy answer step (with the latency headroom);
-    else nothing."""
+    tool, a tool round and a greedy answer step (with the latency headroom); else
+    nothing. The round is a slow one (`Episode.tool_round_upper_s`, for reserves
+    that must hold) unless `slow_tools` is False (the mean, `Episode.tool_round_s`)."""
     if not calls_tools:
         return 0.0
     greedy = StrategyConfig("single", temperature=0.0, max_tokens=max_tokens)
     answer_s = cost_model.predict(greedy, features).latency_s * cost_model.latency_headroom()
-    return episode.tool_round_upper_s(tools_bound=True) + answer_s
+    if slow_tools:
+        return episode.tool_round_upper_s(tools_bound=True) + answer_s
+    return episode.tool_round_s(tools_bound=True) + answer_s
 
 
 def stretch_when_nothing_fits(

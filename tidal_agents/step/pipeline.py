@@ -282,16 +282,19 @@ class StepPipeline:
         episode: Episode,
         limit: float | None,
     ) -> tuple[StrategyResult, tp.ParsedReply]:
-        """A tool call that ends with too little time left for a slow tool round and
-        the answer after it (the step ran long: a loaded engine, a slow rescue) would
-        take the episode past its deadline. With tool choice "auto", a greedy decode
-        under the answer-only grammar replaces it when one is predicted to fit the time
-        left; else the call stands (the tool may still be quick)."""
+        """A tool call that ends with too little time left for a typical tool round
+        and the answer after it (the step ran long: a loaded engine, a slow rescue)
+        would very likely take the episode past its deadline. With tool choice "auto",
+        a greedy decode under the answer-only grammar replaces it when one is predicted
+        to fit the time left; else the call stands (the tool may still be quick).
+        A typical round, not a slow one: the call is the step's best result, and
+        replacing it whenever a slow tool might not fit gives up answers that would
+        have been right."""
         if prepared.options.choice.mode != "auto":
             return result, parsed
         time_left = episode.remaining_s() - episode.safety_margin_s
         rest_s = rest_of_episode_s(features, True, prepared.max_tokens, episode,
-                                   self.cost_model)
+                                   self.cost_model, slow_tools=False)
         if time_left >= rest_s:
             return result, parsed
         answer_step = self._answer_only(prepared)
