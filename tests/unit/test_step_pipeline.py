@@ -334,6 +334,9 @@ def test_adaptive_steps_record_the_decision_they_made() -> None:
     decision = outcome.record.decision
     assert decision["chosen"] == outcome.record.strategy
     assert {c["name"] for c in decision["candidates"]} >= {"greedy"}
+    # the reply says which predictor decided, like the trace
+    tidal = outcome.message.response_metadata["tidal"]
+    assert tidal["predictor_kind"] == decision["predictor_kind"] == "prior"
 
 
 def test_a_record_read_later_holds_the_step_as_it_ended() -> None:

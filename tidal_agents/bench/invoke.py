@@ -146,7 +146,7 @@ def summarise(outcomes: Sequence[InvokeOutcome]) -> dict[str, Any]:
             for name in sorted({o.strategy for o in chosen})
         },
         "adaptive_predictor_kinds": {
-            str(k): sum(o.predictor_kind == k for o in chosen)
+            k: sum(str(o.predictor_kind) == k for o in chosen)
             for k in sorted({str(o.predictor_kind) for o in chosen})
         },
         "goal_accuracy_met": bool(accuracy_ok),

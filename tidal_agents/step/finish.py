@@ -163,6 +163,7 @@ def to_message(
                 "strategy": chosen.name,
                 "config": asdict(chosen),
                 "reason": decision.reason,
+                "predictor_kind": decision.predictor_kind,
                 "allowance_s": decision.allowance_s,
                 "cut_short": cost.cut_short,
                 "wall_s": cost.wall_s,
