@@ -18,7 +18,7 @@ async def test_collect_real_engine(engine: LocalVLLMEngine, tmp_path: Path) -> N
     out = tmp_path / "o.jsonl"
     settings = collect.CollectSettings(n_max=4, max_tokens=24, latency_items=1, concurrency=3)
     summary = await collect.collect(engine, steps, out, settings, show=False)
-    assert summary["collected"] == 3
+    assert summary["collected"] == 1 + 4
     rows = collect.read_rows(out)
     configs = {s.id: {r["config"] for r in rows if r["query_id"] == s.id} for s in steps}
     for s in steps:

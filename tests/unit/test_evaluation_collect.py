@@ -17,7 +17,13 @@ from tidal_agents.errors import TidalConfigError
 from tidal_agents.evaluation import collect
 from tidal_agents.evaluation.agent_tasks import agent_tasks
 from tidal_agents.evaluation.collect import CollectSettings, LatencyMeasurement, LatencyModel
-from tidal_agents.evaluation.step_tasks import agent_steps, grade, planned_calls, text_steps
+from tidal_agents.evaluation.step_tasks import (
+    agent_steps,
+    grade,
+    planned_calls,
+    query_group,
+    text_steps,
+)
 from tidal_agents.evaluation.tasks import graded_arithmetic
 from tidal_agents.step.prepare import step_features
 
@@ -42,15 +48,24 @@ def test_settings_and_task_specs() -> None:
     with pytest.raises(TidalConfigError, match="allowed names"):
         collect.parse_task_spec("mmlu:3")
     steps = collect.load_steps(["arith:6", "agent:3"])
-    assert len(steps) == 6 + 2 * 3 and len({s.id for s in steps}) == 12
+    # an agent task: call and answer steps, each under tool_choice auto and as
+    # ToolFirstMiddleware asks ("any" on the call, "none" on the answer)
+    assert len(steps) == 6 + 4 * 3 and len({s.id for s in steps}) == 18
     # interleaved: every kind appears early in the run
-    assert {s.kind for s in steps[:4]} == {"text", "tool_call", "tool_answer"}
+    assert {s.kind for s in steps[:6]} == {"text", "tool_call", "tool_answer"}
 
 
 def test_agent_steps_plans_and_grading() -> None:
     steps = agent_steps(9, seed=0)
     kinds = {s.kind for s in steps}
-    assert kinds == {"tool_call", "tool_answer"} and len(steps) == 18
+    assert kinds == {"tool_call", "tool_answer"} and len(steps) == 36
+    choices = {(s.kind, s.tool_choice) for s in steps}
+    assert choices == {("tool_call", None), ("tool_call", "any"), ("tool_answer", None),
+                       ("tool_answer", "none")}
+    # the four steps of one task are one group for held-out splits and folds
+    assert len({query_group(s.id) for s in steps}) == 9
+    assert query_group("agent-s0-004-answer-none") == "agent-s0-004"
+    assert query_group("arith-s0-003") == "arith-s0-003"
     # every other task binds a distractor tool
     assert any("distractor" in s.difficulty for s in steps)
     assert any("plain" in s.difficulty for s in steps)
@@ -125,6 +140,11 @@ def test_collect_writes_rows_through_the_step_path_and_resumes(tmp_path: Path) -
         assert kind == s.kind and by[(s.id, "greedy")]["features"]["answer_kind"] == kind
         assert by[(s.id, "greedy")]["soft_label"] == 1.0
         assert (s.id, "beam2") not in by
+    # a step's tool_choice is rendered and recorded as the chat model's
+    for s in agents:
+        features = by[(s.id, "greedy")]["features"]
+        assert features["tool_choice_required"] == (s.tool_choice == "any")
+        assert features["tool_choice_none"] == (s.tool_choice == "none")
     # the features are the chat model's own (recomputed from the prepared step)
     prepared = collect.prepare(engine, agents[1], settings)
     assert by[(agents[1].id, "greedy")]["features"] == step_features(

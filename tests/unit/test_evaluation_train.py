@@ -80,3 +80,24 @@ def test_reliability_bins() -> None:
 def test_missing_outcomes_error(tmp_path: Path) -> None:
     with pytest.raises(TidalConfigError, match="does not exist"):
         train.load_outcomes([tmp_path / "nope.jsonl"])
+
+
+def test_split_and_folds_keep_an_agent_tasks_steps_together() -> None:
+    from tidal_agents.evaluation.cross_validated import outer_folds
+
+    def task_of(q: str) -> str:
+        return q[: len("agent-s0-000")] if q.startswith("agent") else q
+
+    qids = [f"agent-s0-{i:03d}-{step}" for i in range(30)
+            for step in ("call", "call-required", "answer", "answer-none")]
+    qids += [f"arith-s0-{i:03d}" for i in range(20)]
+    for q in qids:
+        group = [p for p in qids if task_of(p) == task_of(q)]
+        assert {train.is_test_query(p, 0.3) for p in group} == {train.is_test_query(q, 0.3)}
+        assert {train.cv_fold(p, 5, 1) for p in group} == {train.cv_fold(q, 5, 1)}
+    fold = outer_folds(qids, 5, 0)
+    for i in range(0, 120, 4):
+        assert len(set(fold[i:i + 4])) == 1
+    # balanced over the 50 groups: 10 per fold
+    assert [len({task_of(qids[i]) for i in np.flatnonzero(fold == k)}) for k in range(5)] \
+        == [10] * 5

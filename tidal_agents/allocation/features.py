@@ -67,6 +67,7 @@ FEATURE_NAMES: tuple[str, ...] = (
     "step_index",
     "tools_bound",
     "tool_choice_required",
+    "tool_choice_none",
     "previous_tool_errors",
     "log_expected_output_tokens",
     "expected_output_known",
@@ -110,6 +111,9 @@ class StepFeatures:
     """Number of tools bound to the model."""
     tool_choice_required: bool = False
     """The model must call a tool."""
+    tool_choice_none: bool = False
+    """Tools are bound but the model must answer (tool_choice "none"): a reply cannot
+    call a tool again."""
     previous_tool_errors: int = 0
     """Tool errors seen so far in the episode."""
     expected_output_tokens: int | None = None
@@ -198,6 +202,7 @@ class StepFeatures:
         cached_prefix_tokens: int = 0,
         tools_bound: int = 0,
         tool_choice_required: bool = False,
+        tool_choice_none: bool = False,
         previous_tool_errors: int = 0,
         expected_output_tokens: int | None = None,
         answer_kind: StepKind = "text",
@@ -225,6 +230,7 @@ class StepFeatures:
             step_index=step_index,
             tools_bound=tools_bound,
             tool_choice_required=tool_choice_required,
+            tool_choice_none=tool_choice_none,
             previous_tool_errors=previous_tool_errors,
             expected_output_tokens=expected_output_tokens,
             answer_kind=answer_kind,
@@ -261,6 +267,7 @@ class StepFeatures:
             float(self.step_index),
             float(self.tools_bound),
             float(self.tool_choice_required),
+            float(self.tool_choice_none),
             float(self.previous_tool_errors),
             math.log1p(expected) if expected is not None else 0.0,
             float(expected is not None),
@@ -289,7 +296,9 @@ class StepFeatures:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-_BOOL_FIELDS = frozenset({"tool_choice_required", "has_math_ops", "is_word_problem"})
+_BOOL_FIELDS = frozenset(
+    {"tool_choice_required", "tool_choice_none", "has_math_ops", "is_word_problem"}
+)
 _FLOAT_FIELDS = frozenset({"log10_max_number", "log10_number_product"})
 
 

@@ -350,9 +350,12 @@ def _config_fields(config: StrategyConfig) -> dict[str, Any]:
 
 # ------------------------------------------------------------- the engine
 def prepare(engine: Any, task: StepTask, settings: CollectSettings) -> PreparedStep:
-    """The step as the chat model prepares it (its tools bound, tool_choice auto)."""
+    """The step as the chat model prepares it (its tools bound, the step's tool_choice)."""
     tools = task.bound_tools()
-    options = parse_call_options({"tools": tools} if tools else {})
+    kwargs: dict[str, Any] = {"tools": tools} if tools else {}
+    if tools and task.tool_choice is not None:
+        kwargs["tool_choice"] = task.tool_choice
+    options = parse_call_options(kwargs)
     return prepare_step(engine, task.messages, options, (), settings.max_tokens)
 
 
@@ -549,7 +552,7 @@ def parse_task_spec(spec: str) -> tuple[str, int]:
 
 
 def load_steps(specs: Sequence[str], seed: int = 0) -> list[StepTask]:
-    """The steps of every ``NAME[:COUNT]`` spec (agent: COUNT tasks, two steps each),
+    """The steps of every ``NAME[:COUNT]`` spec (agent: COUNT tasks, four steps each),
     the sources interleaved so that a partial run holds every kind."""
     sources: list[list[StepTask]] = []
     for spec in specs:
@@ -572,7 +575,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     defaults = ", ".join(f"{k} (default {v})" for k, v in SOURCES.items())
     p.add_argument("--task", nargs="+", default=None, metavar="NAME[:COUNT]",
                    help=f"step sources: {defaults}; agent COUNT tasks give a tool-call and "
-                   "an answer step each (default: arith, unless --tasks is given)")
+                   "an answer step each, under tool_choice auto and as ToolFirstMiddleware asks "
+                   "(default: arith, unless --tasks is given)")
     p.add_argument("--tasks", type=Path, default=None, metavar="FILE.jsonl",
                    help="your own steps: one JSON object per line with 'prompt' or 'messages', "
                    "'gold' and optional 'tools' (see evaluation.step_tasks.file_steps)")

@@ -42,6 +42,7 @@ from tidal_agents.evaluation.figures import (
     static_points,
     sweep,
 )
+from tidal_agents.evaluation.step_tasks import query_group
 
 #: folds, repeats, fold seed and bootstrap resamples of the bench's figure
 CV_FOLDS, CV_REPEATS, CV_SEED, CV_RESAMPLES = 5, 3, 0, 1000
@@ -106,11 +107,13 @@ class OutOfFoldDecisions:
 
 
 def outer_folds(qids: Sequence[str], folds: int, repeat: int, seed: int = CV_SEED) -> np.ndarray:
-    """Balanced query-grouped folds: a seeded permutation of the queries, dealt round-robin."""
-    order = np.random.default_rng([seed, repeat, 6]).permutation(len(qids))
-    fold = np.empty(len(qids), dtype=int)
-    fold[order] = np.arange(len(qids)) % folds
-    return fold
+    """Balanced query-grouped folds: a seeded permutation of the query groups (the steps
+    of one agent task are one group: `step_tasks.query_group`), dealt round-robin."""
+    groups = sorted({query_group(q) for q in qids})
+    order = np.random.default_rng([seed, repeat, 6]).permutation(len(groups))
+    fold_of_group = dict(zip([groups[i] for i in order], np.arange(len(groups)) % folds,
+                             strict=True))
+    return np.array([fold_of_group[query_group(q)] for q in qids], dtype=int)
 
 
 def _ci(values: np.ndarray) -> list[float] | None:

@@ -10,6 +10,10 @@ plus the tools bound and a grader of the step's reply:
   planned tool with arguments that give the planned result;
 * ``tool_answer``: the step after the planned tool results are in; right when
   the reply answers (no call) and states the gold number;
+
+each agent step twice: with tool_choice "auto", and as an agent that requires
+the first call and an answer once its results are in asks for it
+(`ToolFirstMiddleware`: "any" on the call step, "none" on the answer step).
 * a task file's own steps (`file_steps`, ``tidal-agents collect --tasks``).
 
 `collect` renders each step with the chat model's own `prepare_step`.
@@ -75,6 +79,9 @@ class StepTask:
     expected_call: PlannedCall | None = None
     #: tools given as OpenAI tool dicts (a task file's own tools), bound besides `tools`
     tool_specs: tuple[dict[str, Any], ...] = ()
+    #: the call's tool_choice: "auto" (None), "any" (a call is required) or "none" (an
+    #: answer is required)
+    tool_choice: str | None = None
 
     @property
     def kind(self) -> StepKind:
@@ -141,7 +148,9 @@ def planned_calls(task: AgentTask) -> list[tuple[str, dict[str, Any], float]]:
 
 def agent_steps(count: int, seed: int = 0) -> list[StepTask]:
     """For `count` agent tasks: the tool-call step and the answer step after the planned
-    results. Every other task binds a distractor tool besides the tools it needs."""
+    results, each under tool_choice "auto" and as `ToolFirstMiddleware` asks (see the
+    module docstring). Every other task binds a distractor tool besides the tools it
+    needs."""
     rng = random.Random(f"distractor:{seed}")
     out: list[StepTask] = []
     for i, task in enumerate(agent_tasks(count, seed=seed)):
@@ -154,23 +163,46 @@ def agent_steps(count: int, seed: int = 0) -> list[StepTask]:
         tag = "distractor" if len(tools) > len(needed) else "plain"
         human = HumanMessage(task.question)
         first_name, first_args, first_result = calls[0]
-        out.append(StepTask(
-            id=f"{task.id}-call", source="agent", difficulty=f"{task.kind}/call/{tag}",
-            question=task.question, gold=_number(first_result), messages=(human,),
-            tools=tools, step_index=0, expected_call=(first_name, first_args),
-        ))
+        for choice, suffix in _CHOICES["call"]:
+            out.append(StepTask(
+                id=f"{task.id}-call{suffix}", source="agent",
+                difficulty=f"{task.kind}/call{suffix}/{tag}", question=task.question,
+                gold=_number(first_result), messages=(human,), tools=tools, step_index=0,
+                expected_call=(first_name, first_args), tool_choice=choice,
+            ))
         history: list[BaseMessage] = [human]
         for k, (name, args, result) in enumerate(calls):
             call_id = f"call_{task.id}_{k}"
             history.append(AIMessage(content="", tool_calls=[
                 {"name": name, "args": args, "id": call_id, "type": "tool_call"}]))
             history.append(ToolMessage(content=str(result), tool_call_id=call_id, name=name))
-        out.append(StepTask(
-            id=f"{task.id}-answer", source="agent", difficulty=f"{task.kind}/answer/{tag}",
-            question=task.question, gold=_number(task.gold), messages=tuple(history),
-            tools=tools, step_index=len(calls),
-        ))
+        for choice, suffix in _CHOICES["answer"]:
+            out.append(StepTask(
+                id=f"{task.id}-answer{suffix}", source="agent",
+                difficulty=f"{task.kind}/answer{suffix}/{tag}", question=task.question,
+                gold=_number(task.gold), messages=tuple(history), tools=tools,
+                step_index=len(calls), tool_choice=choice,
+            ))
     return out
+
+
+#: agent step -> (tool_choice, id suffix): auto, and as `ToolFirstMiddleware` asks
+_CHOICES: dict[str, tuple[tuple[str | None, str], ...]] = {
+    "call": ((None, ""), ("any", "-required")),
+    "answer": ((None, ""), ("none", "-none")),
+}
+
+
+def query_group(query_id: str) -> str:
+    """The agent task a step belongs to (its call and answer steps, under every
+    tool_choice, share one group); other steps are their own group. Held-out
+    splits and cross-validation folds keep a group together."""
+    head, sep, tail = query_id.rpartition("-")
+    if not sep:
+        return query_id
+    if tail in ("required", "none"):
+        head, sep, tail = head.rpartition("-")
+    return head if sep and tail in ("call", "answer") else query_id
 
 
 def _number(value: float) -> str:

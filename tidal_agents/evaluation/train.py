@@ -40,6 +40,7 @@ from tidal_agents.allocation.predictor import (
 from tidal_agents.errors import TidalConfigError
 from tidal_agents.evaluation.collect import read_rows
 from tidal_agents.evaluation.figures import allocation_figures, outcome_matrices
+from tidal_agents.evaluation.step_tasks import query_group
 from tidal_agents.types import StrategyConfig
 
 DEFAULT_TEST_FRACTION = 0.3
@@ -81,10 +82,11 @@ def load_outcomes(paths: Iterable[Path] | None = None) -> list[dict[str, Any]]:
 
 def is_test_query(query_id: str, test_fraction: float = DEFAULT_TEST_FRACTION,
                   seed: int = 0) -> bool:
-    """Deterministic query-level split: hash(seed, id) below `test_fraction`."""
+    """Deterministic query-level split: hash(seed, group) below `test_fraction` (the
+    steps of one agent task share a group: `step_tasks.query_group`)."""
     if not 0 < test_fraction < 1:
         raise TidalConfigError(f"test_fraction={test_fraction}: allowed is 0 < f < 1.")
-    h = hashlib.sha256(f"{seed}:{query_id}".encode()).digest()
+    h = hashlib.sha256(f"{seed}:{query_group(query_id)}".encode()).digest()
     return int.from_bytes(h[:8], "big") / 2**64 < test_fraction
 
 
@@ -233,8 +235,9 @@ def save_reliability_plot(table: list[dict[str, float]], path: Path, title: str)
 
 
 def cv_fold(query_id: str, folds: int, repeat: int, seed: int = 0) -> int:
-    """Deterministic fold of a query in cross-validation repeat `repeat`."""
-    h = hashlib.sha256(f"cv{seed}:{repeat}:{query_id}".encode()).digest()
+    """Deterministic fold of a query in cross-validation repeat `repeat` (by its
+    `step_tasks.query_group`)."""
+    h = hashlib.sha256(f"cv{seed}:{repeat}:{query_group(query_id)}".encode()).digest()
     return int.from_bytes(h[:8], "big") % folds
 
 

@@ -140,6 +140,7 @@ def step_features(
         step_index=step_index,
         tools_bound=len(prepared.options.specs),
         tool_choice_required=prepared.options.choice.mode in ("required", "named"),
+        tool_choice_none=prepared.options.choice.mode == "none" and bool(prepared.options.specs),
         previous_tool_errors=sum(
             1 for m in messages if isinstance(m, ToolMessage) and m.status == "error"
         ),
