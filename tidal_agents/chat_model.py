@@ -106,8 +106,10 @@ class TidalChatModel(BaseChatModel):
     """Fix one strategy for every step (disables allocation)."""
     grid: tuple[StrategyConfig, ...] | None = None
     """Configurations the allocator chooses among (default: allocation.default_grid)."""
-    lambda_tokens: float = 1e-4
-    lambda_latency: float = 0.05
+    lambda_tokens: float = AllocationSettings.lambda_tokens
+    """Utility cost of one generated token (default: chosen by `bench allocation`)."""
+    lambda_latency: float = AllocationSettings.lambda_latency
+    """Utility cost of one second of predicted latency (default: as lambda_tokens)."""
     predictor_file: str | None = None
     """A trained accuracy predictor (`tidal-agents train --model-out FILE`) for this
     model and its tasks; None = the shipped one for the embedded model, else the prior."""

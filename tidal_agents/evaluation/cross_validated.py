@@ -43,6 +43,7 @@ from tidal_agents.evaluation.figures import (
     sweep,
 )
 from tidal_agents.evaluation.step_tasks import query_group
+from tidal_agents.step.decide import AllocationSettings
 
 #: folds, repeats, fold seed and bootstrap resamples of the bench's figure
 CV_FOLDS, CV_REPEATS, CV_SEED, CV_RESAMPLES = 5, 3, 0, 1000
@@ -54,7 +55,10 @@ CV_ESTIMATOR = "logistic"
 CV_MATCHED_COSTS: tuple[tuple[str, int], ...] = (("tokens", 1), ("latency", 2))
 #: the policies decided out of fold for every query
 CV_POLICIES = ("static", "adaptive_at_matched_tokens", "adaptive_at_matched_latency",
-               "adaptive_at_matched_accuracy_tokens", "adaptive_at_matched_accuracy_latency")
+               "adaptive_at_matched_accuracy_tokens", "adaptive_at_matched_accuracy_latency",
+               "adaptive_at_shipped_defaults")
+#: the chat model's default (lambda_tokens, lambda_latency)
+SHIPPED_LAMBDAS = (AllocationSettings.lambda_tokens, AllocationSettings.lambda_latency)
 RowsByKey = dict[tuple[str, str], dict[str, Any]]
 
 
@@ -184,19 +188,55 @@ def decide_held_out(
     picks += [(f"matched_accuracy_{key}",
                cheapest_matching(fitted.points, col, float(fitted.static[best, 0])))
               for key, col in CV_MATCHED_COSTS]
-    for name, j in picks:
+    for name, j in [*picks, ("shipped_defaults", -1)]:
         if j is None:  # no lambda meets the rule on the training folds: stay static
             choices[f"adaptive_at_{name}"] = best
             chosen[f"lambdas_at_{name}"] = None
             continue
-        lt, ll = fitted.lambdas[j]
+        lt, ll = SHIPPED_LAMBDAS if name == "shipped_defaults" else fitted.lambdas[j]
         utility = acc_hat - lt * tok_hat[None, :] - ll * lat_hat[None, :]
         # NaN: the configuration does not run on that step
         choices[f"adaptive_at_{name}"] = np.where(np.isnan(utility), -np.inf,
                                                   utility).argmax(axis=1)
         chosen[f"lambdas_at_{name}"] = [float(lt), float(ll)]
-        chosen[f"training_accuracy_at_{name}"] = float(fitted.points[j, 0])
+        if name != "shipped_defaults":
+            chosen[f"training_accuracy_at_{name}"] = float(fitted.points[j, 0])
     return choices, chosen
+
+
+def shipped_defaults_figures(pooled: PooledFigures, choice: dict[str, np.ndarray]
+                             ) -> dict[str, Any]:
+    """Adaptive with the chat model's default lambdas (the same out-of-fold predictors),
+    beside the static best: the figure a user of the defaults gets."""
+    s_acc, s_tok, s_lat = pooled.averaged(choice["static"])
+    ch = choice["adaptive_at_shipped_defaults"]
+    a_acc, a_tok, a_lat = pooled.averaged(ch, adaptive=True)
+    return {
+        **accuracy_cost_point(a_acc.mean(), a_tok.mean(), a_lat.mean()),
+        "lambdas": [float(v) for v in SHIPPED_LAMBDAS],
+        "configs_used": pooled.used(ch),
+        "tokens_saved": float(1 - a_tok.mean() / s_tok.mean()),
+        "latency_saved": float(1 - a_lat.mean() / s_lat.mean()),
+        "adaptive_minus_static_best": paired_difference(a_acc, s_acc,
+                                                        resamples=len(pooled.boot), seed=0),
+    }
+
+
+def lambdas_selected_on_all(
+    rows: Sequence[dict[str, Any]], m: OutcomeMatrices, s: CrossValidationSettings
+) -> dict[str, Any]:
+    """The headline's lambda rule fitted on every query (what the chat model's defaults
+    should be): the cheapest point in output tokens within the tolerance of the static
+    best's accuracy, on out-of-fold predictions; likewise in latency."""
+    by = {(r["query_id"], r["config"]): r for r in rows}
+    fitted = fit_training_folds(m, by, np.arange(len(m.qids)), s)
+    out: dict[str, Any] = {}
+    for key, col in CV_MATCHED_COSTS:
+        j = cheapest_matching(fitted.points, col, float(fitted.static[fitted.static_best, 0]))
+        out[f"matched_accuracy_{key}"] = None if j is None else {
+            "lambdas": [float(v) for v in fitted.lambdas[j]],
+            **accuracy_cost_point(*fitted.points[j])}
+    return out
 
 
 #: "matched accuracy": adaptive within this much of the static best's accuracy
@@ -455,6 +495,8 @@ def cross_validated_allocation(
         "oracle": pooled.point(pooled.oracle),
     }
     out.update(headline_figures(pooled, choice))
+    out["adaptive_at_shipped_defaults"] = shipped_defaults_figures(pooled, choice)
+    out["lambdas_selected_on_all_queries"] = lambdas_selected_on_all(rows, m, s)
     out.update(matched_figures(pooled, choice))
     out["per_repeat"] = per_repeat
     out["per_fold"] = decisions.log
