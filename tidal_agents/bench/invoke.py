@@ -4,7 +4,8 @@ through `TidalChatModel.invoke`, on steps the shipped predictor was not trained 
 The steps are the kinds an agent produces (`evaluation.step_tasks`): free-text
 questions (graded arithmetic of another seed, GSM8K items after the ones
 collected), tool-call steps and answer steps after tool results (agent tasks of
-another seed). Any step whose question is in the shipped training rows is
+another seed), each under tool_choice "auto" and as `ToolFirstMiddleware` asks
+("any" on the call, "none" on the answer; passed to ``bind_tools``). Any step whose question is in the shipped training rows is
 dropped. Every step is invoked once per policy, the policies in a rotated order
 per step: ``adaptive`` is `TidalChatModel` with its defaults (the trained
 predictor decides), the others are the same model with ``strategy=`` each
@@ -86,7 +87,8 @@ def policies(max_tokens: int) -> dict[str, StrategyConfig | None]:
 
 def run_step(model: TidalChatModel, step: StepTask, policy: str) -> InvokeOutcome:
     tools = step.bound_tools()
-    runnable: Any = model.bind_tools(tools) if tools else model
+    choice = {"tool_choice": step.tool_choice} if step.tool_choice is not None else {}
+    runnable: Any = model.bind_tools(tools, **choice) if tools else model
     message = runnable.invoke(list(step.messages))
     reply = ParsedReply(content=str(message.content), tool_calls=list(message.tool_calls))
     tidal = message.response_metadata.get("tidal", {})
