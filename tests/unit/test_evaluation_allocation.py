@@ -99,7 +99,7 @@ def test_run_on_committed_outcomes(tmp_path: Path) -> None:
         oracle, static = out["oracle"]["accuracy"], out["static_best"]["accuracy"]
         assert gap == pytest.approx((point["accuracy"] - static) / (oracle - static))
     cv = out["cross_validated"]
-    assert cv["queries"] == 192 and cv["folds"] == 5 and cv["repeats"] == 3
+    assert cv["queries"] == 312 and cv["folds"] == 5 and cv["repeats"] == 3
     assert len(cv["per_fold"]) == 15
     # the shipped recipe is what is cross-validated
     assert cv["estimator"] == json.loads((bench.data_dir() / "accuracy_predictor.json")
@@ -119,7 +119,17 @@ def test_run_on_committed_outcomes(tmp_path: Path) -> None:
     assert (cv["tokens_saved_at_matched_accuracy"] is not None) == matched
     diff = cv["adaptive_minus_static_best"]
     assert diff["difference"] == pytest.approx(adaptive["accuracy"] - static["accuracy"])
-    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1] and diff["pairs"] == 192
+    assert diff["ci95"][0] <= diff["difference"] <= diff["ci95"][1] and diff["pairs"] == 312
+    # the chat model's default lambdas, scored on the same out-of-fold predictions
+    from tidal_agents.step.decide import AllocationSettings
+
+    shipped = cv["adaptive_at_shipped_defaults"]
+    assert shipped["lambdas"] == [AllocationSettings.lambda_tokens,
+                                  AllocationSettings.lambda_latency]
+    assert shipped["tokens_saved"] == pytest.approx(1 - shipped["tokens"] / static["tokens"])
+    assert sum(shipped["configs_used"].values()) == 312 * 3
+    picked = cv["lambdas_selected_on_all_queries"]["matched_accuracy_tokens"]
+    assert picked is not None and len(picked["lambdas"]) == 2
     gap = cv["gap_closed_expected_oracle"]
     assert gap == pytest.approx((adaptive["accuracy"] - static["accuracy"])
                                 / (cv["oracle"]["accuracy"] - static["accuracy"]))
@@ -155,7 +165,11 @@ def test_cross_validated_figure_is_out_of_fold(monkeypatch: pytest.MonkeyPatch) 
     cv = cross_validated_allocation(rows, folds=5, repeats=2, inner_folds=3,
                                     inner_repeats=1, points=8, resamples=200)
     outer = [(id(p), q) for p, q in predicted if any(p is k for k in keep)]
-    assert len(outer) == 5 * 2 and len(fitted) == 5 * 2
+    # 5 x 2 outer fits, and one on every query for the default lambdas' selection,
+    # whose predictor decides nothing
+    assert len(outer) == 5 * 2 and len(fitted) == 5 * 2 + 1
+    on_all = [p for p, q in fitted.items() if q == {r["query_id"] for r in rows}]
+    assert len(on_all) == 1 and on_all[0] not in {p for p, _ in outer}
     for p, q in outer:
         assert q and q.isdisjoint(fitted[p])  # no query decided by a model trained on it
     # bookkeeping: per repeat, the folds partition the queries; fit and decided disjoint

@@ -5,12 +5,13 @@ The steps are the kinds an agent produces (`evaluation.step_tasks`): free-text
 questions (graded arithmetic of another seed, GSM8K items after the ones
 collected), tool-call steps and answer steps after tool results (agent tasks of
 another seed), each under tool_choice "auto" and as `ToolFirstMiddleware` asks
-("any" on the call, "none" on the answer; passed to ``bind_tools``). Any step whose question is in the shipped training rows is
-dropped. Every step is invoked once per policy, the policies in a rotated order
-per step: ``adaptive`` is `TidalChatModel` with its defaults (the trained
-predictor decides), the others are the same model with ``strategy=`` each
-configuration of the default grid that every step kind can run (best-of-N and
-greedy; beam search runs on free-text steps only, so it is not a policy here).
+("any" on the call, "none" on the answer; passed to ``bind_tools``). Any step
+whose question is in the shipped training rows is dropped. Every step is invoked
+once per policy, the policies in a rotated order per step: ``adaptive`` is
+`TidalChatModel` with its defaults (the trained predictor decides), the others
+are the same model with ``strategy=`` each configuration of the default grid
+that every step kind can run (best-of-N and greedy; beam search runs on
+free-text steps only, so it is not a policy here).
 
 Figures: per policy the accuracy (graded like `collect`) and the mean output
 tokens; the best static policy (highest accuracy, fewer tokens on a tie: chosen
@@ -87,8 +88,7 @@ def policies(max_tokens: int) -> dict[str, StrategyConfig | None]:
 
 def run_step(model: TidalChatModel, step: StepTask, policy: str) -> InvokeOutcome:
     tools = step.bound_tools()
-    choice = {"tool_choice": step.tool_choice} if step.tool_choice is not None else {}
-    runnable: Any = model.bind_tools(tools, **choice) if tools else model
+    runnable: Any = model.bind_tools(tools, tool_choice=step.tool_choice) if tools else model
     message = runnable.invoke(list(step.messages))
     reply = ParsedReply(content=str(message.content), tool_calls=list(message.tool_calls))
     tidal = message.response_metadata.get("tidal", {})

@@ -85,6 +85,8 @@ ROWS: tuple[Row, ...] = (
     Row("bench episodes", "success (a usable reply by the deadline stating the gold "
         "number), pooled over the deadline mix", "episodes.json",
         ("pooled_figures", EACH, "success_rate"), "{:.2f}", "adaptive >= best static"),
+    Row("bench episodes", "output tokens per episode, pooled over the deadline mix",
+        "episodes.json", ("pooled", EACH, "tokens"), "{:.0f}", "adaptive <= best static"),
     Row("bench episodes", "best static policy meeting the deadline (pooled)", "episodes.json",
         ("pooled_adaptive_vs_best_static", "best_static")),
     Row("bench episodes", "adaptive - best static success, paired over tasks", "episodes.json",
@@ -102,6 +104,15 @@ ROWS: tuple[Row, ...] = (
         "episodes.json", ("latency_pred_median_abs_rel_error",), "{:.2f}", "<= 0.20"),
     Row("bench episodes", "latency prediction, median abs. relative error, first steps",
         "episodes.json", ("latency_pred_first_step", "median_abs_rel_error"), "{:.2f}"),
+    Row("bench episodes", "seed 4: success, pooled over the deadline mix",
+        "episodes-seed4.summary.json", ("pooled", EACH, "success"), "{:.2f}",
+        "adaptive >= best static - 0.02"),
+    Row("bench episodes", "seed 4: output tokens per episode, pooled",
+        "episodes-seed4.summary.json", ("pooled", EACH, "tokens"), "{:.0f}",
+        "adaptive <= best static"),
+    Row("bench episodes", "seed 4: adaptive - best static success, paired over tasks",
+        "episodes-seed4.summary.json", ("pooled_adaptive_vs_best_static",
+                                        "success_difference"), "{:+.3f}"),
     *(row for seed in (0, 1) for row in (
         Row("bench episodes", f"seed {seed}, before the four-way outcomes: adaptive, success "
             "rate", f"episodes-seed{seed}.summary.json", ("success_rate", "adaptive"), "{:.2f}",
@@ -162,6 +173,13 @@ ROWS: tuple[Row, ...] = (
         ("cross_validated", "gap_closed_expected_oracle_ci95"), "{:.2f}"),
     Row("bench allocation", "cross-validated: oracle, accuracy", "allocation.json",
         ("cross_validated", "oracle", "accuracy"), "{:.3f}"),
+    Row("bench allocation", "cross-validated, the chat model's default lambdas: adaptive - "
+        "static best (paired)", "allocation.json",
+        ("cross_validated", "adaptive_at_shipped_defaults", "adaptive_minus_static_best"),
+        "{:+.3f}"),
+    Row("bench allocation", "cross-validated, the chat model's default lambdas: output tokens "
+        "saved", "allocation.json",
+        ("cross_validated", "adaptive_at_shipped_defaults", "tokens_saved"), "{:.2f}"),
 )
 
 
