@@ -231,3 +231,29 @@ def test_per_kind_predictor_fits_one_model_per_kind_of_step(tmp_path: Path) -> N
     assert back.predict(call, [greedy, bo16]) == pred.predict(call, [greedy, bo16])
     with pytest.raises(TidalConfigError, match="no model for steps of kind 'tool_answer'"):
         pred.predict(replace(call, answer_kind="tool_answer"), [greedy])
+
+
+def test_per_kind_predictor_fits_small_and_one_sided_kinds(tmp_path: Path) -> None:
+    """A first, small collection: a kind never right gets a constant 0 (the utility then
+    picks the cheapest configuration), a kind with two right rows an uncalibrated model."""
+    from dataclasses import replace
+
+    text = synthetic_rows(40, seed=1)
+    configs = [c for c in GRID if c.strategy != "beam"]
+    never = [TrainingRow(replace(q(f"What is {i} times 7?"), answer_kind="tool_call"), c, 0.0)
+             for i in range(4) for c in configs]
+    rare = [TrainingRow(replace(q(f"What is {i} times 9?"), answer_kind="tool_answer"), c,
+                        1.0 if (i, c.n) in ((0, 1), (1, 2)) else 0.0)
+            for i in range(4) for c in configs]
+    pred = SklearnAccuracyPredictor(estimator="logistic", per_kind=True).fit(text + never + rare)
+    assert pred.parts["tool_call"].model == "constant" and pred.parts["math"].calibrated
+    assert not pred.parts["tool_answer"].calibrated and not pred.calibrated
+    assert pred.covers("tool_call", [c.name for c in configs])
+    call = replace(q("What is 5 times 7?"), answer_kind="tool_call")
+    answer = replace(q("What is 5 times 9?"), answer_kind="tool_answer")
+    assert pred.predict(call, configs) == [0.0] * len(configs)
+    assert all(0.0 <= p <= 1.0 for p in pred.predict(answer, configs))
+    back = SklearnAccuracyPredictor.load(pred.save(tmp_path / "small.joblib"))
+    assert back.predict(call, configs) == [0.0] * len(configs)
+    assert back.predict(answer, configs) == pred.predict(answer, configs)
+    assert not back.calibrated and back.parts["math"].calibrated

@@ -201,3 +201,25 @@ def test_task_file_steps_and_their_grading(tmp_path: Path) -> None:
     (tmp_path / "bad.jsonl").write_text(json.dumps({"prompt": "x"}) + "\n")
     with pytest.raises(TidalConfigError, match="'gold'"):
         file_steps(tmp_path / "bad.jsonl")
+
+
+def test_task_file_tool_choice(tmp_path: Path) -> None:
+    """A task file states the tool choice its agent binds; it reaches the prepared step."""
+    from fakes import ADD_TOOL
+
+    from tidal_agents.evaluation.step_tasks import file_steps
+
+    call = {"prompt": "Add 2 and 3.", "tools": [ADD_TOOL],
+            "gold": {"name": "add", "arguments": {"a": 2, "b": 3}}}
+    path = tmp_path / "tasks.jsonl"
+    path.write_text("".join(json.dumps({**call, "tool_choice": c}) + "\n"
+                            for c in ("auto", "any", "required", "none")))
+    steps = file_steps(path)
+    assert [s.tool_choice for s in steps] == [None, "any", "any", "none"]
+    modes = [collect.prepare(_engine(), s, CollectSettings()).options.choice.mode for s in steps]
+    assert modes == ["auto", "required", "required", "none"]
+    for bad in ({**call, "tool_choice": "always"},
+                {"prompt": "What is 2 + 3?", "gold": "5", "tool_choice": "any"}):
+        path.write_text(json.dumps(bad) + "\n")
+        with pytest.raises(TidalConfigError, match="tool_choice=.*allowed are"):
+            file_steps(path)

@@ -196,6 +196,11 @@ class SklearnAccuracyPredictor:
         #: per step kind (`StepFeatures.answer_kind`), the configuration names it was
         #: trained on (None: not recorded, e.g. a file from an older version)
         self.coverage: dict[str, list[str]] | None = None
+        #: False when the data had fewer than `cv` rows of right (or wrong) outcomes and
+        #: the model is not Platt-calibrated (per kind: see `parts`)
+        self.calibrated = True
+        #: the prediction of a part fitted on one outcome only (model "constant")
+        self.constant = 0.0
         self._fast: _CompiledModel | None = None
 
     def covers(self, kind: str, config_names: Iterable[str]) -> bool:
@@ -248,6 +253,9 @@ class SklearnAccuracyPredictor:
                 "All soft labels are 0 (or all 1): the predictor needs both right and wrong "
                 "outcomes to learn anything."
             )
+        # Platt calibration by cv folds needs cv rows of each class; a small collection
+        # (a user's first try) gets the plain model, and `calibrated` says so.
+        self.calibrated = min(int((labels > 0).sum()), int((labels < 1).sum())) >= self.cv
         x = design_matrix((r.features, r.config) for r in parsed)
         if self.estimator == "logistic":
             std = x.std(axis=0)
@@ -258,7 +266,7 @@ class SklearnAccuracyPredictor:
         keep = ww > 0
         model = CalibratedClassifierCV(
             self._base(), method=self.calibration, cv=self.cv, ensemble=False
-        )
+        ) if self.calibrated else self._base()
         from threadpoolctl import threadpool_limits
 
         # One thread: OpenMP trees on a busy 2-core machine ran 100x slower (375 s vs ~3 s).
@@ -277,19 +285,37 @@ class SklearnAccuracyPredictor:
         by_kind: dict[str, list[TrainingRow]] = {}
         for r in rows:
             by_kind.setdefault(r.features.answer_kind, []).append(r)
-        self.parts = {
-            kind: SklearnAccuracyPredictor(self.estimator, self.calibration, self.cv,  # type: ignore[arg-type]
-                                           self.random_state).fit(part)
-            for kind, part in sorted(by_kind.items())
-        }
+        self.parts = {}
+        for kind, part in sorted(by_kind.items()):
+            model = SklearnAccuracyPredictor(self.estimator, self.calibration, self.cv,  # type: ignore[arg-type]
+                                             self.random_state)
+            labels = {r.soft_label for r in part}
+            if labels <= {0.0} or labels <= {1.0}:
+                # every configuration always wrong (or right) on this kind: that is the
+                # prediction, and the utility then picks the cheapest configuration
+                self.parts[kind] = model._fit_constant(part, labels.pop())
+                continue
+            try:
+                self.parts[kind] = model.fit(part)
+            except TidalConfigError as err:
+                raise TidalConfigError(f"steps of kind {kind!r} ({len(part)} rows): {err}") from err
         self.model = "per_kind"
+        self.calibrated = all(p.calibrated for p in self.parts.values())
         self.n_rows = len(rows)
         self.coverage = {k: (p.coverage or {}).get(k, []) for k, p in self.parts.items()}
+        return self
+
+    def _fit_constant(self, rows: list[TrainingRow], value: float) -> SklearnAccuracyPredictor:
+        self.model, self.constant, self.calibrated = "constant", value, False
+        self.n_rows = len(rows)
+        self.coverage = {rows[0].features.answer_kind: sorted({r.config.name for r in rows})}
         return self
 
     def predict(self, features: StepFeatures, configs: Sequence[StrategyConfig]) -> list[float]:
         if self.model is None:
             raise TidalConfigError("SklearnAccuracyPredictor.predict() before fit() or load().")
+        if self.model == "constant":
+            return [self.constant] * len(configs)
         if self.per_kind:
             part = self.parts.get(features.answer_kind)
             if part is None:
@@ -333,6 +359,8 @@ class SklearnAccuracyPredictor:
             "n_rows": self.n_rows,
             "scale": self.scale,
             "coverage": self.coverage,
+            "calibrated": self.calibrated,
+            "constant": self.constant,
             "model": self.model,
             "parts": {k: p._blob() for k, p in self.parts.items()} if self.per_kind else None,
         }
@@ -361,8 +389,13 @@ class SklearnAccuracyPredictor:
         pred.n_rows = int(blob.get("n_rows", 0))
         pred.scale = blob.get("scale")
         pred.coverage = blob.get("coverage")
+        pred.calibrated = bool(blob.get("calibrated", True))
+        pred.constant = float(blob.get("constant", 0.0))
+        if pred.model == "constant":
+            return pred
         if parts is not None:
             pred.parts = {k: cls._from_blob(b) for k, b in parts.items()}
+            pred.calibrated = all(p.calibrated for p in pred.parts.values())
             return pred
         probe = design_matrix(
             (StepFeatures.from_text(q, prompt_tokens=t, answer_kind=k), c)

@@ -579,7 +579,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    "(default: arith, unless --tasks is given)")
     p.add_argument("--tasks", type=Path, default=None, metavar="FILE.jsonl",
                    help="your own steps: one JSON object per line with 'prompt' or 'messages', "
-                   "'gold' and optional 'tools' (see evaluation.step_tasks.file_steps)")
+                   "'gold', optional 'tools' and 'tool_choice' "
+                   "(see evaluation.step_tasks.file_steps)")
     p.add_argument("--out", type=Path, required=True,
                    help="JSONL(.gz) output (appended, resumable)")
     p.add_argument("--seed", type=int, default=0, help="arith/agent items and bootstrap subsets")

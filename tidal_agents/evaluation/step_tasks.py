@@ -269,7 +269,9 @@ def file_steps(path: Path) -> list[StepTask]:
     * ``gold``: the final answer (a number or text), or for a step that must call a
       tool, the call: {"name": ..., "arguments": {...}};
     * optional ``tools``: OpenAI tool dicts, or names of the built-in agent tools
-      (add, multiply, km_to_miles, get_price); optional ``id`` and ``tag``.
+      (add, multiply, km_to_miles, get_price); optional ``tool_choice`` as your
+      agent binds it ("auto", the default; "any" or "required": a call is
+      required; "none": an answer is required); optional ``id`` and ``tag``.
 
     The step kind follows from the tools and the last message, as for the chat model.
     """
@@ -282,6 +284,11 @@ def file_steps(path: Path) -> list[StepTask]:
     if not out:
         raise TidalConfigError(f"--tasks {path}: the file holds no tasks.")
     return out
+
+
+#: a task file's tool_choice -> `StepTask.tool_choice`
+_FILE_TOOL_CHOICES: dict[str, str | None] = {"auto": None, "any": "any", "required": "any",
+                                             "none": "none"}
 
 
 def _file_step(obj: Any, where: str) -> StepTask:
@@ -307,11 +314,16 @@ def _file_step(obj: Any, where: str) -> StepTask:
         result = (TOOL_FUNCTIONS[gold["name"]](**gold["arguments"])
                   if gold["name"] in names else json.dumps(gold, sort_keys=True))
         gold = _number(result) if isinstance(result, float) else result
+    choice = obj.get("tool_choice", "auto")
+    if choice not in _FILE_TOOL_CHOICES or (choice != "auto" and not obj.get("tools")):
+        raise TidalConfigError(f"{where}: tool_choice={choice!r}; allowed are "
+                               f"{list(_FILE_TOOL_CHOICES)}, and only with 'tools'.")
     question = next((m.text for m in reversed(messages) if isinstance(m, HumanMessage)), "")
     step = StepTask(id=str(obj.get("id", where)), source="file", difficulty=str(obj.get("tag",
                     "file")), question=question, gold=str(gold), messages=messages,
                     tools=names, expected_call=expected, tool_specs=specs,
-                    step_index=sum(isinstance(m, AIMessage) for m in messages))
+                    step_index=sum(isinstance(m, AIMessage) for m in messages),
+                    tool_choice=_FILE_TOOL_CHOICES[choice])
     if expected is not None and step.kind != "tool_call":
         raise TidalConfigError(f"{where}: a call gold needs tools and a last message that is "
                                "not a tool result.")

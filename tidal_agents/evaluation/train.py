@@ -415,6 +415,10 @@ def train(
         "configs": sorted({r["config"] for r in train_rows}),
         #: per step kind, the configurations it has seen (what `predictor_for` trusts)
         "coverage": predictor.coverage,
+        #: per kind, whether the model is Platt-calibrated (too few right or wrong
+        #: outcomes: not)
+        "calibrated": ({k: p.calibrated for k, p in predictor.parts.items()}
+                       if predictor.per_kind else predictor.calibrated),
         "tasks": sorted({r.get("task", "?") for r in train_rows}),
         "brier_trained": brier(pred, label),
         "brier_per_config_mean": brier(per_config, label),
